@@ -1,0 +1,88 @@
+//! Types shared by several kinds: references, throttles, durations and schema helpers.
+
+mod duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+pub use duration::{DURATION_PATTERN, Duration, DurationError};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+
+/// An RFC 1123 host name, optionally with a leading `*.` wildcard label. Lower case only.
+pub(crate) const HOSTNAME_PATTERN: &str =
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// An RFC 1123 DNS label (names of stages).
+pub(crate) const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// An HTTP header name (an RFC 9110 token).
+pub(crate) const HEADER_NAME_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
+
+/// An absolute URL path without query or fragment.
+pub(crate) const PATH_PATTERN: &str = r"^/[^?#]*$";
+
+/// An `http://` or `https://` URL.
+pub(crate) const HTTP_URL_PATTERN: &str = r"^https?://[^\s]+$";
+
+/// An IPv4 or IPv6 address or CIDR block (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`).
+pub(crate) const CIDR_PATTERN: &str = r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$";
+
+/// A reference to an object in the same namespace as the referring object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRef {
+    /// Name of the referenced object, in the namespace of the object that refers to it.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A reference to an object that may live in another namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacedRef {
+    /// Name of the referenced object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the referenced object. Default: the namespace of the object that refers to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// A token-bucket rate limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Throttle {
+    /// Steady-state rate in requests per second; fractions are allowed (0.5 = one request every
+    /// two seconds). Must be greater than 0.
+    #[schemars(range(min = 0), extend("exclusiveMinimum" = true))]
+    pub rate: f64,
+    /// Bucket size: how many requests may arrive at once above the steady rate. At least 1.
+    #[schemars(range(min = 1))]
+    pub burst: u32,
+    /// Where the limit is counted: `local` (each proxy replica enforces the limit on its own) or
+    /// `global` (counted in Redis, so the whole fleet honours it). Default: `local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ThrottleScope>,
+}
+
+/// Where a throttle is counted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ThrottleScope {
+    /// Each proxy replica counts on its own (exact and free, but N replicas admit N times the rate).
+    #[default]
+    Local,
+    /// Counted fleet-wide in Redis.
+    Global,
+}
+
+/// Schema of a free-form JSON object whose content the API server keeps as is.
+///
+/// Used only for `Route.spec.validation.bodySchema`, a JSON Schema document.
+pub(crate) fn free_form_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}

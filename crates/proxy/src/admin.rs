@@ -1,0 +1,82 @@
+//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/config`. Never exposes a secret: `/config`
+//! serves a view its owner built with secrets already redacted.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::body::{ProxyBody, full};
+use crate::gateway::Gateway;
+use crate::server::Shutdown;
+
+/// Extra metrics text appended to `/metrics` (for processes with their own registries).
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves the admin endpoints until shutdown.
+pub async fn serve_admin(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    extra: Option<ExtraMetrics>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let gateway = Arc::clone(&gateway);
+        let extra = extra.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = admin_response(&gateway, extra.as_ref(), &request);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn admin_response<B>(gateway: &Gateway, extra: Option<&ExtraMetrics>, request: &Request<B>) -> Response<ProxyBody> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", "text/plain");
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
+        "/readyz" => match gateway.version() {
+            Some(version) => text(StatusCode::OK, format!("ready: config version {version}\n"), "text/plain"),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration loaded\n", "text/plain"),
+        },
+        "/metrics" => {
+            let mut body = gateway.metrics().render();
+            if let Some(extra) = extra {
+                body.push_str(&extra());
+            }
+            text(StatusCode::OK, body, "text/plain; version=0.0.4")
+        }
+        "/config" => {
+            let view = gateway.config_view();
+            let body = serde_json::to_string_pretty(&*view).unwrap_or_default();
+            text(StatusCode::OK, body, "application/json")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics, /config\n", "text/plain"),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
+}

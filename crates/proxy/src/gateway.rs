@@ -1,0 +1,285 @@
+//! The request pipeline: one function that takes a request through every phase in order.
+//!
+//! The order (see DESIGN.md, "The request pipeline") and why each phase sits where it does:
+//! 1. request id first, so every answer — even an early error — carries one;
+//! 2. path normalization before any matching, so `/public/../admin` can never reach a route the
+//!    normalized path would not;
+//! 3. host → API → stage → route (404 / 405 with `Allow`);
+//! 4. body limit (413) before the integration sees a byte;
+//! 5. integration: mock answers here; HTTP forwards with timeout (504), retries, 502/503;
+//! 6. response headers (`x-request-id`), then metrics and the access log when the body completes —
+//!    including for requests answered early.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+use tollgate_ir as ir;
+
+use crate::access_log::{AccessLog, Record};
+use crate::body::{ProxyBody, boxed, full};
+use crate::error::ProxyError;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::normalize::normalize_path;
+use crate::observe::{Completion, Observed};
+use crate::runtime::{IntegrationRuntime, Matched, Runtime};
+use crate::upstream::{RequestBody, UpstreamClient};
+
+/// What the server knows about the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// The data plane's shared state: the current Runtime and what outlives it.
+pub struct Gateway {
+    runtime: Arc<ArcSwapOption<Runtime>>,
+    client: UpstreamClient,
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
+    config_view: ArcSwap<serde_json::Value>,
+}
+
+impl Gateway {
+    /// A gateway with no configuration yet (not ready; answers 503).
+    pub fn new(client: UpstreamClient, metrics: Arc<Metrics>, access_log: AccessLog) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            runtime: Arc::new(ArcSwapOption::empty()),
+            client,
+            metrics,
+            access_log,
+            config_view: ArcSwap::from_pointee(serde_json::json!({"version": null})),
+        })
+    }
+
+    /// Builds the tables for `snapshot` off the request path, then swaps them in at once.
+    /// In-flight requests finish on the Runtime they started with.
+    pub fn apply(&self, snapshot: &ir::Snapshot) {
+        let runtime = Runtime::build(snapshot, &self.metrics);
+        self.runtime.store(Some(Arc::new(runtime)));
+        self.metrics.config_version.set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+    }
+
+    /// Publishes the document served at the admin port's `/config` (already redacted).
+    pub fn set_config_view(&self, view: serde_json::Value) {
+        self.config_view.store(Arc::new(view));
+    }
+
+    /// The `/config` document.
+    pub fn config_view(&self) -> Arc<serde_json::Value> {
+        self.config_view.load_full()
+    }
+
+    /// Whether a configuration has been loaded.
+    pub fn is_ready(&self) -> bool {
+        self.runtime.load().is_some()
+    }
+
+    /// The version being served, if any.
+    pub fn version(&self) -> Option<u64> {
+        self.runtime.load().as_ref().map(|r| r.version)
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The slot holding the current Runtime (for the TLS certificate resolver).
+    pub fn runtime_slot(&self) -> Arc<ArcSwapOption<Runtime>> {
+        Arc::clone(&self.runtime)
+    }
+
+    /// Serves one request.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let request_id = headers::request_id(request.headers());
+        let Some(runtime) = self.runtime.load_full() else {
+            let mut response = ProxyError::NotReady.into_response(request_id.to_str().unwrap_or_default());
+            response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+            return response;
+        };
+        let mut record = self.access_log.enabled().then(|| Box::new(new_record(&request, &request_id, conn)));
+        let method = request.method().clone();
+        let (response, metrics, log) =
+            self.pipeline(&runtime, request, conn, &request_id, record.as_deref_mut()).await;
+        let status = response.status().as_u16();
+        let (mut parts, body) = response.into_parts();
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(record) = record.as_deref_mut() {
+            record.status = status;
+        }
+        let done = Completion {
+            metrics,
+            method,
+            start,
+            record: record.filter(|_| log),
+            log: self.access_log.clone(),
+        };
+        Response::from_parts(parts, boxed(Observed::new(body, status, done)))
+    }
+
+    /// Phases 2–5. Returns the response, the metrics bucket it counts in, and whether to log it.
+    async fn pipeline(
+        &self,
+        runtime: &Arc<Runtime>,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+        request_id: &HeaderValue,
+        record: Option<&mut Record>,
+    ) -> (Response<ProxyBody>, Arc<RouteMetrics>, bool) {
+        let id = request_id.to_str().unwrap_or_default();
+        let (mut parts, body) = request.into_parts();
+        let host = request_host(&parts);
+        let path = match normalize_path(parts.uri.path()) {
+            Ok(path) => path.into_owned(),
+            Err(error) => {
+                return (ProxyError::BadPath(error).into_response(id), Arc::clone(&runtime.unmatched), true);
+            }
+        };
+        let matched = match runtime.route(&host, &parts.method, &path, &parts.headers) {
+            Ok(matched) => matched,
+            Err(unmatched) => {
+                if let Some(record) = record {
+                    record.error = Some(unmatched.error.reason());
+                }
+                return (unmatched.error.into_response(id), Arc::clone(unmatched.metrics), unmatched.access_log);
+            }
+        };
+        let Matched { policy, params, stage_path } = matched;
+        let metrics = Arc::clone(&policy.metrics);
+        let log = policy.access_log;
+        let mut record = record;
+        if let Some(record) = record.as_deref_mut() {
+            record.api = policy.api.to_string();
+            record.stage = policy.stage.to_string();
+            record.route = policy.route.to_string();
+            record.path = path.clone();
+        }
+        if content_length(&parts.headers).is_some_and(|len| len > policy.max_body) {
+            let error = ProxyError::PayloadTooLarge { limit: policy.max_body };
+            return (fail(error, id, record), metrics, log);
+        }
+        let (backend, rewrite) = match &policy.integration {
+            IntegrationRuntime::Mock(mock) => {
+                let mut response = Response::new(full(mock.body.clone()));
+                *response.status_mut() = mock.status;
+                *response.headers_mut() = mock.headers.clone();
+                return (response, metrics, log);
+            }
+            IntegrationRuntime::Http { backend, path } => (backend, path),
+        };
+        let mut upstream_path = match rewrite {
+            Some(template) => template.render(&params),
+            None => stage_path.to_string(),
+        };
+        if let Some(query) = parts.uri.query() {
+            upstream_path.push('?');
+            upstream_path.push_str(query);
+        }
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let client = headers::ClientContext {
+            client_ip: conn.remote.ip(),
+            proto: if conn.tls { "https" } else { "http" },
+            host: client_host.as_ref(),
+        };
+        headers::set_forwarded(&mut parts.headers, &client);
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        headers::propagate_traceparent(&mut parts.headers);
+        if let Some(host) = client_host {
+            parts.headers.insert(header::HOST, host);
+        }
+        let buffer = policy.retries.attempts > 0;
+        let body = match RequestBody::prepare(body, policy.max_body, buffer).await {
+            Ok(body) => body,
+            Err(error) => return (fail(error, id, record), metrics, log),
+        };
+        match self.client.send(policy, backend, parts, &upstream_path, body).await {
+            Ok(exchange) => {
+                metrics.observe_upstream(exchange.elapsed.as_secs_f64());
+                if let Some(record) = record {
+                    record.upstream_ms = Some(exchange.elapsed.as_secs_f64() * 1000.0);
+                    record.upstream = Some(exchange.endpoint);
+                }
+                let (mut head, body) = exchange.response.into_parts();
+                headers::remove_hop_by_hop(&mut head.headers);
+                (Response::from_parts(head, boxed(body)), metrics, log)
+            }
+            Err(error) => (fail(error, id, record), metrics, log),
+        }
+    }
+}
+
+fn fail(error: ProxyError, request_id: &str, record: Option<&mut Record>) -> Response<ProxyBody> {
+    if let Some(record) = record {
+        record.error = Some(error.reason());
+    }
+    error.into_response(request_id)
+}
+
+fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: ConnInfo) -> Record {
+    let now = time::OffsetDateTime::now_utc();
+    Record {
+        time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        request_id: request_id.to_str().unwrap_or_default().to_string(),
+        method: request.method().as_str().to_string(),
+        host: request_host_of(request.headers(), request.uri()),
+        path: request.uri().path().chars().take(2048).collect(),
+        protocol: match request.version() {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        bytes_received: content_length(request.headers()).unwrap_or(0),
+        client_ip: conn.remote.ip().to_string(),
+        ..Record::default()
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The host the client asked for, lower-case, without port: the `Host` header, or the URI's
+/// authority (HTTP/2 `:authority`).
+fn request_host(parts: &http::request::Parts) -> String {
+    request_host_of(&parts.headers, &parts.uri)
+}
+
+fn request_host_of(headers: &http::HeaderMap, uri: &http::Uri) -> String {
+    let raw = uri
+        .host()
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or_default();
+    let without_port = match raw.rsplit_once(':') {
+        // An IPv6 literal keeps its brackets; a port follows the closing bracket.
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => host,
+        _ => raw,
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_is_lowercased_without_port() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("API.Example.com:8443"));
+        assert_eq!(request_host_of(&h, &http::Uri::from_static("/x")), "api.example.com");
+        assert_eq!(request_host_of(&http::HeaderMap::new(), &http::Uri::from_static("https://h2.example/x")), "h2.example");
+        h.insert(header::HOST, HeaderValue::from_static("[::1]:80"));
+        assert_eq!(request_host_of(&h, &http::Uri::from_static("/x")), "[::1]");
+    }
+}

@@ -1,0 +1,139 @@
+//! Listeners: accept loops for plain HTTP (HTTP/1.1 + h2c) and TLS (ALPN h2 / http/1.1), with
+//! header limits, a header-read timeout and graceful draining on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::gateway::{ConnInfo, Gateway};
+
+/// Connection-level limits of a listener.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// Largest request head (request line + headers) accepted; larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Time allowed for a client to send a complete request head (also the keep-alive idle time
+    /// between requests on HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time in-flight requests get to finish after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+/// A signal that flips once, when shutdown starts.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// Serves the gateway on `listener` until `shutdown` flips, then drains: stops accepting, lets
+/// in-flight requests finish for up to `drain_timeout`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    settings: ServerSettings,
+    mut shutdown: Shutdown,
+) {
+    let builder = Arc::new(connection_builder(&settings));
+    let graceful = GracefulShutdown::new();
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo { remote, tls: tls.is_some() };
+        let gateway = Arc::clone(&gateway);
+        let service = service_fn(move |request| {
+            let gateway = Arc::clone(&gateway);
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
+        });
+        let builder = Arc::clone(&builder);
+        let span = tracing::debug_span!("connection", %remote);
+        match &tls {
+            None => {
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let watched = graceful.watch(connection);
+                tokio::spawn(log_connection_end(watched).instrument(span));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                let handshake_timeout = settings.tls_handshake_timeout;
+                tokio::spawn(
+                    async move {
+                        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                        log_connection_end(watcher.watch(connection)).await;
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(listener = ?local, connections = graceful.count(), "draining");
+    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = ?local, "drain timeout expired; closing remaining connections");
+    }
+}
+
+async fn log_connection_end<E: std::fmt::Display>(connection: impl Future<Output = Result<(), E>>) {
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024);
+    builder
+}

@@ -1,0 +1,230 @@
+//! Calling upstreams: one pooled HTTP/HTTPS client for the process, endpoint choice, per-route
+//! timeout and retries.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::body::{BoxError, ProxyBody, boxed};
+use crate::error::ProxyError;
+use crate::runtime::{BackendRuntime, RoutePolicy};
+
+/// Settings of the upstream client.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// Time allowed to establish a TCP connection.
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Extra PEM CA certificates trusted for HTTPS upstreams (besides the public web roots).
+    pub extra_ca_pem: Option<String>,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(5), idle_timeout: Duration::from_secs(90), extra_ca_pem: None }
+    }
+}
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    /// The extra CA file is not valid PEM.
+    #[error("upstream CA bundle is not valid PEM: {0}")]
+    CaPem(#[source] rustls_pki_types::pem::Error),
+    /// A CA certificate was rejected.
+    #[error("upstream CA certificate rejected: {0}")]
+    Ca(#[source] rustls::Error),
+}
+
+/// The process-wide pooled client. Pools are keyed by endpoint, so they survive configuration
+/// swaps untouched.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+}
+
+/// A successful upstream exchange.
+pub struct Exchange {
+    /// The upstream's response.
+    pub response: Response<Incoming>,
+    /// The endpoint that answered.
+    pub endpoint: String,
+    /// Time to the response head.
+    pub elapsed: Duration,
+}
+
+impl UpstreamClient {
+    /// Builds the client.
+    pub fn new(settings: &UpstreamSettings) -> Result<UpstreamClient, UpstreamSetupError> {
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(pem) = &settings.extra_ca_pem {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(cert.map_err(UpstreamSetupError::CaPem)?).map_err(UpstreamSetupError::Ca)?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(UpstreamClient { client })
+    }
+
+    /// Sends `parts` (already rewritten: headers, path) with `body` to an endpoint of `backend`,
+    /// retrying per the route's policy, within the route's timeout.
+    pub async fn send(
+        &self,
+        policy: &RoutePolicy,
+        backend: &BackendRuntime,
+        parts: http::request::Parts,
+        path_and_query: &str,
+        body: RequestBody,
+    ) -> Result<Exchange, ProxyError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + policy.timeout;
+        let timeout_ms = u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX);
+        let retries = &policy.retries;
+        let mut body = Some(body);
+        let mut attempt = 0;
+        loop {
+            let Some(endpoint) = backend.pick() else {
+                return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
+            };
+            let uri = Uri::builder()
+                .scheme(backend.scheme.clone())
+                .authority(endpoint.clone())
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| ProxyError::Internal)?;
+            let this_body = match body.take() {
+                Some(RequestBody::Buffered(bytes)) => {
+                    body = Some(RequestBody::Buffered(bytes.clone()));
+                    full_body(bytes)
+                }
+                Some(RequestBody::Streaming(stream)) => stream,
+                None => return Err(ProxyError::Internal),
+            };
+            let mut request = Request::from_parts(parts.clone(), this_body);
+            *request.uri_mut() = uri;
+            *request.version_mut() = http::Version::HTTP_11;
+            let host = backend.host_header.clone().or_else(|| parts.headers.get(header::HOST).cloned());
+            if let Some(host) = host.or_else(|| http::HeaderValue::from_str(parts.uri.authority()?.as_str()).ok()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+            let result = tokio::time::timeout_at(deadline, self.client.request(request)).await;
+            let can_retry = attempt < retries.attempts && body.is_some();
+            match result {
+                Err(_elapsed) => {
+                    policy.metrics.upstream_error("timeout");
+                    return Err(ProxyError::UpstreamTimeout { timeout_ms });
+                }
+                Ok(Ok(response)) => {
+                    if can_retry && retries.on_statuses.contains(&response.status().as_u16()) {
+                        policy.metrics.upstream_error("retry_status");
+                        attempt += 1;
+                        continue;
+                    }
+                    return Ok(Exchange { response, endpoint: endpoint.to_string(), elapsed: started.elapsed() });
+                }
+                Ok(Err(error)) => {
+                    if error.is_connect() {
+                        policy.metrics.upstream_error("connect");
+                        if can_retry && retries.on_connect_failure {
+                            attempt += 1;
+                            continue;
+                        }
+                    } else {
+                        policy.metrics.upstream_error("protocol");
+                    }
+                    if body_too_large(&error) {
+                        return Err(ProxyError::PayloadTooLarge { limit: policy.max_body });
+                    }
+                    tracing::debug!(backend = %backend.name, %endpoint, error = %ErrorChain(&error), "upstream request failed");
+                    return Err(ProxyError::Upstream);
+                }
+            }
+        }
+    }
+}
+
+/// A request body on its way upstream.
+pub enum RequestBody {
+    /// Read fully (needed to retry); cloned per attempt.
+    Buffered(Bytes),
+    /// Streamed through, size-limited; cannot be retried.
+    Streaming(ProxyBody),
+}
+
+impl RequestBody {
+    /// Prepares the client's body: buffered (when the route retries) or streamed, limited to
+    /// `limit` bytes either way.
+    pub async fn prepare(body: Incoming, limit: u64, buffer: bool) -> Result<RequestBody, ProxyError> {
+        let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+        let limited = Limited::new(body, limit_usize);
+        if !buffer {
+            return Ok(RequestBody::Streaming(boxed(limited)));
+        }
+        match limited.collect().await {
+            Ok(collected) => Ok(RequestBody::Buffered(collected.to_bytes())),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                Err(ProxyError::PayloadTooLarge { limit })
+            }
+            Err(_) => Err(ProxyError::BodyRead),
+        }
+    }
+}
+
+fn full_body(bytes: Bytes) -> ProxyBody {
+    boxed(Full::new(bytes).map_err(|never| -> BoxError { match never {} }))
+}
+
+/// Whether the request failed because the client's streamed body went over the limit.
+fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Displays an error with its sources, for debug logs.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// Shared handle type.
+pub type SharedClient = Arc<UpstreamClient>;
