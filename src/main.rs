@@ -1,1 +1,184 @@
-fn main() {}
+//! `tollgate`: one binary for every role. This file only parses the command line and wires the
+//! crates together; the logic lives in `tollgate-controller` (load, compile, report) and
+//! `tollgate-proxy` (serve).
+
+mod echo;
+mod standalone;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tollgate: an API gateway for Kubernetes.
+#[derive(Parser, Debug)]
+#[command(name = "tollgate", version, about, long_about = None)]
+struct Cli {
+    /// Log format for the program's own logs on stderr (`text` or `json`). Access logs always go
+    /// to stdout as JSON lines.
+    #[arg(long, global = true, default_value = "text", env = "TOLLGATE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the APIs declared in a folder of manifests, hot-reloaded on change.
+    Standalone(StandaloneArgs),
+    /// Compile a folder of manifests offline and print every problem (exit 1 if any object is
+    /// rejected).
+    Validate {
+        /// Folder of `*.yaml` / `*.yml` manifests (searched recursively).
+        dir: PathBuf,
+        /// Print the result as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds,
+    /// Run a small echo backend (answers every request with JSON describing it), for trying
+    /// Tollgate and for end-to-end tests.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Name reported in every answer (`server` field), to tell backends apart.
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct StandaloneArgs {
+    /// Folder of `*.yaml` / `*.yml` manifests (multi-document, searched recursively).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Plain HTTP listener (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN); certificates come from the GatewayAPIs'
+    /// `tls.certificateRefs`, chosen by SNI.
+    #[arg(long)]
+    listen_tls: Option<SocketAddr>,
+    /// Admin listener: /healthz, /readyz, /metrics, /config.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// Settings shared by every process that serves traffic.
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Where access-log lines go: `stdout` or `off`.
+    #[arg(long, default_value = "stdout")]
+    access_log: AccessLogTarget,
+    /// Extra PEM CA bundle trusted for HTTPS upstreams (besides the public web roots).
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
+    /// Largest request head accepted (bytes); larger gets 431.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Time a client has to send a request head.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// How often the manifest folder is checked for changes.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    reload_interval: Duration,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum AccessLogTarget {
+    Stdout,
+    Off,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    tollgate_crds::Duration::from(text.to_string())
+        .parse()
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was already installed");
+    }
+    match cli.command {
+        Command::Crds => {
+            print!("{}", tollgate_crds::crds_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Validate { dir, json } => validate::run(&dir, json),
+        Command::Echo { listen, name } => {
+            match build_tokio(None).map(|rt| rt.block_on(echo::run(listen, name))) {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(error)) => {
+                    eprintln!("tollgate: {error:#}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("tollgate: cannot start the async runtime: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Standalone(args) => {
+            let runtime = match build_tokio(args.serve.workers) {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("tollgate: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(standalone::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tollgate: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn build_tokio(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.max(1));
+    }
+    builder.build()
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

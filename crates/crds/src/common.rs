@@ -69,6 +69,8 @@ pub struct Throttle {
 /// Where a throttle is counted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+// No schema description: kube hoists it over the field's own doc (kubectl explain).
+#[schemars(description = "")]
 pub enum ThrottleScope {
     /// Each proxy replica counts on its own (exact and free, but N replicas admit N times the rate).
     #[default]
@@ -85,4 +87,41 @@ pub(crate) fn free_form_object(_: &mut SchemaGenerator) -> Schema {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
     })
+}
+
+/// A "set exactly one of" rule is broken.
+///
+/// The API server enforces these rules with CEL, but manifests read from disk (standalone mode,
+/// `tollgate validate`) never met an API server, so the typed accessors check again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: set exactly one of {}; found {found}", options.join(", "))]
+pub struct OneOfError {
+    /// Path of the object holding the alternatives (e.g. `integration`).
+    pub field: &'static str,
+    /// The alternatives, as spelled in YAML.
+    pub options: &'static [&'static str],
+    /// How many of them are set.
+    pub found: usize,
+}
+
+/// The one `Some` among `candidates`, or a [`OneOfError`] naming `field` and `options`.
+pub(crate) fn exactly_one<T, const N: usize>(
+    field: &'static str,
+    options: &'static [&'static str],
+    candidates: [Option<T>; N],
+) -> Result<T, OneOfError> {
+    let mut set = candidates.into_iter().flatten();
+    match (set.next(), set.next()) {
+        (Some(one), None) => Ok(one),
+        (None, _) => Err(OneOfError {
+            field,
+            options,
+            found: 0,
+        }),
+        (Some(_), Some(_)) => Err(OneOfError {
+            field,
+            options,
+            found: 2 + set.count(),
+        }),
+    }
 }

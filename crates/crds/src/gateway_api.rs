@@ -15,11 +15,15 @@ use crate::common::{
 pub use stage::{AccessLog, Canary, CanaryAnalysis, CanaryForceHeader, Stage, StageCache};
 pub use status::{CanaryPhase, CanaryStatus, GatewayApiStatus, ProxyCounts, StageStatus};
 
-/// The fleet that serves an API when `spec.fleet` is not set.
-pub const DEFAULT_FLEET: &str = "default";
+/// The fleet that serves an API when `spec.fleet` is not set (same as [`crate::defaults::FLEET`]).
+pub const DEFAULT_FLEET: &str = crate::defaults::FLEET;
 
 /// The specification of a `GatewayAPI`: one API, reached through its hostnames and stages.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "printcolumn(...) repeats its keys by design"
+)]
 #[kube(
     group = "tollgate.dev",
     version = "v1alpha1",
@@ -134,6 +138,8 @@ pub struct GatewayApiSpec {
 
 /// The protocol of an API.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+// No schema description: kube hoists it over the field's own doc (kubectl explain).
+#[schemars(description = "")]
 pub enum Protocol {
     /// REST-style API: Routes match on method, path, headers and query.
     #[default]
@@ -175,6 +181,8 @@ pub struct ClientValidation {
 
 /// Whether a client certificate is mandatory.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+// No schema description: kube hoists it over the field's own doc (kubectl explain).
+#[schemars(description = "")]
 pub enum ClientValidationMode {
     /// A valid client certificate is required.
     #[default]
@@ -205,6 +213,8 @@ pub struct AllowedRoutes {
 
 /// Namespaces from which Routes may attach.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+// No schema description: kube hoists it over the field's own doc (kubectl explain).
+#[schemars(description = "")]
 pub enum RouteNamespaces {
     /// Only the API's own namespace.
     #[default]

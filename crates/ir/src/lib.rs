@@ -9,6 +9,8 @@
 //! proxy reports in metrics or logs is precomputed.
 
 mod duration;
+pub mod path;
+pub mod path_template;
 mod secret;
 
 use std::collections::BTreeMap;
@@ -16,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use duration::Millis;
+pub use path_template::{PathTemplate, TemplateError};
 pub use secret::Redacted;
 
 /// The whole configuration a proxy fleet serves, produced by one compile.
@@ -44,7 +47,10 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// Builds a key from a namespace and a name.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -84,7 +90,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_request_body_bytes: 10 * 1024 * 1024, timeout: Millis(29_000) }
+        Self {
+            max_request_body_bytes: 10 * 1024 * 1024,
+            timeout: Millis(29_000),
+        }
     }
 }
 
@@ -157,6 +166,9 @@ pub enum Integration {
 pub struct HttpIntegration {
     /// Where requests go.
     pub backend: Backend,
+    /// Prefix prepended to the upstream path (the path of a `url` integration, without trailing
+    /// slash; empty for none).
+    pub path_prefix: String,
     /// Upstream path template: literal text with `{name}` placeholders filled from the route's
     /// path parameters. `None`: the request path (after the stage's base path) is forwarded.
     pub path: Option<String>,

@@ -72,14 +72,23 @@ impl AccessLog {
             .spawn(move || write_lines(receiver, std::io::stdout().lock()));
         if let Err(error) = spawned {
             tracing::error!(%error, "could not start the access-log writer; access logging is off");
-            return AccessLog { sender: None, metrics };
+            return AccessLog {
+                sender: None,
+                metrics,
+            };
         }
-        AccessLog { sender: Some(sender), metrics }
+        AccessLog {
+            sender: Some(sender),
+            metrics,
+        }
     }
 
     /// Access logging off.
     pub fn disabled(metrics: Arc<Metrics>) -> AccessLog {
-        AccessLog { sender: None, metrics }
+        AccessLog {
+            sender: None,
+            metrics,
+        }
     }
 
     /// Whether lines are written at all.
@@ -90,11 +99,15 @@ impl AccessLog {
     /// Queues a record; drops it (and counts the drop) when the writer is behind.
     pub fn write(&self, record: &Record) {
         let Some(sender) = &self.sender else { return };
-        let Ok(mut line) = serde_json::to_string(record) else { return };
+        let Ok(mut line) = serde_json::to_string(record) else {
+            return;
+        };
         line.push('\n');
         match sender.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.metrics.access_log_dropped.inc(),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.access_log_dropped.inc()
+            }
         }
     }
 }

@@ -64,7 +64,9 @@ impl Gateway {
     pub fn apply(&self, snapshot: &ir::Snapshot) {
         let runtime = Runtime::build(snapshot, &self.metrics);
         self.runtime.store(Some(Arc::new(runtime)));
-        self.metrics.config_version.set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+        self.metrics
+            .config_version
+            .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
     }
 
     /// Publishes the document served at the admin port's `/config` (already redacted).
@@ -106,10 +108,14 @@ impl Gateway {
             response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             return response;
         };
-        let mut record = self.access_log.enabled().then(|| Box::new(new_record(&request, &request_id, conn)));
+        let mut record = self
+            .access_log
+            .enabled()
+            .then(|| Box::new(new_record(&request, &request_id, conn)));
         let method = request.method().clone();
-        let (response, metrics, log) =
-            self.pipeline(&runtime, request, conn, &request_id, record.as_deref_mut()).await;
+        let (response, metrics, log) = self
+            .pipeline(&runtime, request, conn, &request_id, record.as_deref_mut())
+            .await;
         let status = response.status().as_u16();
         let (mut parts, body) = response.into_parts();
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
@@ -141,7 +147,11 @@ impl Gateway {
         let path = match normalize_path(parts.uri.path()) {
             Ok(path) => path.into_owned(),
             Err(error) => {
-                return (ProxyError::BadPath(error).into_response(id), Arc::clone(&runtime.unmatched), true);
+                return (
+                    ProxyError::BadPath(error).into_response(id),
+                    Arc::clone(&runtime.unmatched),
+                    true,
+                );
             }
         };
         let matched = match runtime.route(&host, &parts.method, &path, &parts.headers) {
@@ -150,10 +160,18 @@ impl Gateway {
                 if let Some(record) = record {
                     record.error = Some(unmatched.error.reason());
                 }
-                return (unmatched.error.into_response(id), Arc::clone(unmatched.metrics), unmatched.access_log);
+                return (
+                    unmatched.error.into_response(id),
+                    Arc::clone(unmatched.metrics),
+                    unmatched.access_log,
+                );
             }
         };
-        let Matched { policy, params, stage_path } = matched;
+        let Matched {
+            policy,
+            params,
+            stage_path,
+        } = matched;
         let metrics = Arc::clone(&policy.metrics);
         let log = policy.access_log;
         let mut record = record;
@@ -164,28 +182,39 @@ impl Gateway {
             record.path = path.clone();
         }
         if content_length(&parts.headers).is_some_and(|len| len > policy.max_body) {
-            let error = ProxyError::PayloadTooLarge { limit: policy.max_body };
+            let error = ProxyError::PayloadTooLarge {
+                limit: policy.max_body,
+            };
             return (fail(error, id, record), metrics, log);
         }
-        let (backend, rewrite) = match &policy.integration {
+        let (backend, rewrite, prefix) = match &policy.integration {
             IntegrationRuntime::Mock(mock) => {
                 let mut response = Response::new(full(mock.body.clone()));
                 *response.status_mut() = mock.status;
                 *response.headers_mut() = mock.headers.clone();
                 return (response, metrics, log);
             }
-            IntegrationRuntime::Http { backend, path } => (backend, path),
+            IntegrationRuntime::Http {
+                backend,
+                path,
+                prefix,
+            } => (backend, path, prefix),
         };
-        let mut upstream_path = match rewrite {
-            Some(template) => template.render(&params),
-            None => stage_path.to_string(),
-        };
+        let mut upstream_path = String::with_capacity(prefix.len() + stage_path.len() + 64);
+        upstream_path.push_str(prefix);
+        match rewrite {
+            Some(template) => template.render_into(&params, &mut upstream_path),
+            None => upstream_path.push_str(stage_path),
+        }
         if let Some(query) = parts.uri.query() {
             upstream_path.push('?');
             upstream_path.push_str(query);
         }
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::remove_hop_by_hop(&mut parts.headers);
         let client = headers::ClientContext {
@@ -204,7 +233,11 @@ impl Gateway {
             Ok(body) => body,
             Err(error) => return (fail(error, id, record), metrics, log),
         };
-        match self.client.send(policy, backend, parts, &upstream_path, body).await {
+        match self
+            .client
+            .send(policy, backend, parts, &upstream_path, body)
+            .await
+        {
             Ok(exchange) => {
                 metrics.observe_upstream(exchange.elapsed.as_secs_f64());
                 if let Some(record) = record {
@@ -230,7 +263,9 @@ fn fail(error: ProxyError, request_id: &str, record: Option<&mut Record>) -> Res
 fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: ConnInfo) -> Record {
     let now = time::OffsetDateTime::now_utc();
     Record {
-        time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        time: now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
         request_id: request_id.to_str().unwrap_or_default().to_string(),
         method: request.method().as_str().to_string(),
         host: request_host_of(request.headers(), request.uri()),
@@ -277,8 +312,17 @@ mod tests {
     fn host_is_lowercased_without_port() {
         let mut h = http::HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("API.Example.com:8443"));
-        assert_eq!(request_host_of(&h, &http::Uri::from_static("/x")), "api.example.com");
-        assert_eq!(request_host_of(&http::HeaderMap::new(), &http::Uri::from_static("https://h2.example/x")), "h2.example");
+        assert_eq!(
+            request_host_of(&h, &http::Uri::from_static("/x")),
+            "api.example.com"
+        );
+        assert_eq!(
+            request_host_of(
+                &http::HeaderMap::new(),
+                &http::Uri::from_static("https://h2.example/x")
+            ),
+            "h2.example"
+        );
         h.insert(header::HOST, HeaderValue::from_static("[::1]:80"));
         assert_eq!(request_host_of(&h, &http::Uri::from_static("/x")), "[::1]");
     }

@@ -16,7 +16,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;
-pub mod normalize;
+pub use tollgate_ir::path as normalize;
 pub mod observe;
 pub mod rewrite;
 pub mod router;

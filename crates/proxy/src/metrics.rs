@@ -13,11 +13,14 @@ use prometheus::{
 
 /// Buckets for request and upstream latency, in seconds (100 µs to 30 s).
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
 ];
 
 /// The methods that get their own label value; anything else is `OTHER`.
-const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER"];
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn method_index(method: &Method) -> usize {
@@ -65,7 +68,10 @@ impl Metrics {
     pub fn new() -> Result<Arc<Self>, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("tollgate_requests_total", "Requests answered, by API, stage, route, method and status class."),
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests answered, by API, stage, route, method and status class.",
+            ),
             &["api", "stage", "route", "method", "status_class"],
         )?;
         let request_duration = HistogramVec::new(
@@ -85,11 +91,16 @@ impl Metrics {
             &["api", "stage", "route"],
         )?;
         let upstream_errors = IntCounterVec::new(
-            Opts::new("tollgate_upstream_errors_total", "Upstream failures, by route and kind."),
+            Opts::new(
+                "tollgate_upstream_errors_total",
+                "Upstream failures, by route and kind.",
+            ),
             &["api", "stage", "route", "kind"],
         )?;
-        let config_version =
-            IntGauge::new("tollgate_config_version", "Version of the configuration being served.")?;
+        let config_version = IntGauge::new(
+            "tollgate_config_version",
+            "Version of the configuration being served.",
+        )?;
         let config_errors = IntCounter::new(
             "tollgate_config_errors_total",
             "Configuration loads rejected; the last good configuration kept serving.",
@@ -159,7 +170,9 @@ impl RouteMetrics {
         let (m, s) = (method_index(method), status_class_index(status));
         let counter = self.counters[m][s].get_or_init(|| {
             let [api, stage, route] = &self.labels;
-            self.metrics.requests.with_label_values(&[api, stage, route, METHODS[m], STATUS_CLASSES[s]])
+            self.metrics
+                .requests
+                .with_label_values(&[api, stage, route, METHODS[m], STATUS_CLASSES[s]])
         });
         counter.inc();
         self.request_duration.observe(seconds);
@@ -173,7 +186,10 @@ impl RouteMetrics {
     /// Counts an upstream failure of the given kind (`connect`, `timeout`, ...).
     pub fn upstream_error(&self, kind: &str) {
         let [api, stage, route] = &self.labels;
-        self.metrics.upstream_errors.with_label_values(&[api, stage, route, kind]).inc();
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[api, stage, route, kind])
+            .inc();
     }
 }
 

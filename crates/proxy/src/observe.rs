@@ -31,7 +31,8 @@ pub struct Completion {
 impl Completion {
     fn finish(self, status: u16, bytes_sent: u64) {
         let elapsed = self.start.elapsed();
-        self.metrics.observe_request(&self.method, status, elapsed.as_secs_f64());
+        self.metrics
+            .observe_request(&self.method, status, elapsed.as_secs_f64());
         if let Some(mut record) = self.record {
             record.bytes_sent = bytes_sent;
             record.duration_ms = elapsed.as_secs_f64() * 1000.0;
@@ -63,7 +64,12 @@ pin_project_lite::pin_project! {
 impl Observed {
     /// Wraps `inner`; `done` runs when the body is dropped.
     pub fn new(inner: ProxyBody, status: u16, done: Completion) -> Observed {
-        Observed { inner, status, bytes: 0, done: Some(done) }
+        Observed {
+            inner,
+            status,
+            bytes: 0,
+            done: Some(done),
+        }
     }
 }
 
@@ -71,7 +77,10 @@ impl Body for Observed {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled

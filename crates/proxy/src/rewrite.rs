@@ -48,12 +48,17 @@ impl RewriteTemplate {
     /// Renders the template with the route's parameters.
     pub fn render(&self, params: &Params<'_>) -> String {
         let mut out = String::with_capacity(64);
+        self.render_into(params, &mut out);
+        out
+    }
+
+    /// Renders the template onto the end of `out`.
+    pub fn render_into(&self, params: &Params<'_>, out: &mut String) {
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
                 Part::Param(name) => out.push_str(params.get(name).unwrap_or_default()),
             }
         }
-        out
     }
 }

@@ -15,7 +15,7 @@ use tollgate_ir as ir;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::rewrite::RewriteTemplate;
-use crate::router::{Match, PathTemplate, Params, RouteTable, RouteTableBuilder};
+use crate::router::{Match, Params, PathTemplate, RouteTable, RouteTableBuilder};
 use crate::tls::CertTable;
 
 /// The compiled tables of one configuration version.
@@ -78,6 +78,8 @@ pub enum IntegrationRuntime {
         backend: Arc<BackendRuntime>,
         /// The upstream path template; `None`: forward the (stage-relative) request path.
         path: Option<RewriteTemplate>,
+        /// Prepended to the upstream path.
+        prefix: String,
     },
 }
 
@@ -145,7 +147,11 @@ impl Runtime {
         for (index, api) in snapshot.apis.iter().enumerate() {
             let api_label = api.key.to_string();
             let mut names: Vec<&str> = api.hostnames.iter().map(String::as_str).collect();
-            names.extend(api.stages.iter().flat_map(|s| s.hostnames.iter().map(String::as_str)));
+            names.extend(
+                api.stages
+                    .iter()
+                    .flat_map(|s| s.hostnames.iter().map(String::as_str)),
+            );
             if api.hostnames.is_empty() && api.stages.iter().any(|s| s.hostnames.is_empty()) {
                 hosts.any.push(index);
             }
@@ -182,8 +188,11 @@ impl Runtime {
         path: &'a str,
         headers: &HeaderMap,
     ) -> Result<Matched<'a>, Unmatched<'a>> {
-        let no_route =
-            |metrics, access_log| Unmatched { error: ProxyError::NoRoute, metrics, access_log };
+        let no_route = |metrics, access_log| Unmatched {
+            error: ProxyError::NoRoute,
+            metrics,
+            access_log,
+        };
         let Some(api) = self.hosts.lookup(host).and_then(|i| self.apis.get(i)) else {
             return Err(no_route(&self.unmatched, true));
         };
@@ -191,7 +200,11 @@ impl Runtime {
             return Err(no_route(&api.unmatched, true));
         };
         match stage.table.find(method, stage_path, headers) {
-            Match::Found { value, params } => Ok(Matched { policy: value, params, stage_path }),
+            Match::Found { value, params } => Ok(Matched {
+                policy: value,
+                params,
+                stage_path,
+            }),
             Match::MethodNotAllowed { allow } => Err(Unmatched {
                 error: match HeaderValue::from_str(allow) {
                     Ok(allow) => ProxyError::MethodNotAllowed { allow },
@@ -206,7 +219,10 @@ impl Runtime {
 
     /// The body limit of the API serving `host`, for requests answered before routing.
     pub fn max_body_for(&self, host: &str) -> Option<u64> {
-        self.hosts.lookup(host).and_then(|i| self.apis.get(i)).map(|a| a.max_body)
+        self.hosts
+            .lookup(host)
+            .and_then(|i| self.apis.get(i))
+            .map(|a| a.max_body)
     }
 }
 
@@ -228,18 +244,27 @@ fn build_stage(
                 continue;
             }
         };
-        let methods: Vec<Method> =
-            route.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect();
+        let methods: Vec<Method> = route
+            .methods
+            .iter()
+            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+            .collect();
         let headers: Vec<(HeaderName, HeaderValue)> = route
             .headers
             .iter()
-            .filter_map(|h| Some((HeaderName::try_from(&h.name).ok()?, HeaderValue::try_from(&h.value).ok()?)))
+            .filter_map(|h| {
+                Some((
+                    HeaderName::try_from(&h.name).ok()?,
+                    HeaderValue::try_from(&h.value).ok()?,
+                ))
+            })
             .collect();
         let integration = match &route.integration {
             ir::Integration::Mock(mock) => IntegrationRuntime::Mock(build_mock(mock)),
             ir::Integration::Http(http) => IntegrationRuntime::Http {
                 backend: backend(&http.backend, backends),
                 path: http.path.as_deref().map(RewriteTemplate::parse),
+                prefix: http.path_prefix.clone(),
             },
         };
         let route_label: Arc<str> = route.key.to_string().into();
@@ -290,7 +315,11 @@ struct BackendKey {
 
 /// Routes that share a backend share its round-robin cursor.
 fn backend(b: &ir::Backend, cache: &mut HashMap<BackendKey, Arc<BackendRuntime>>) -> Arc<BackendRuntime> {
-    let key = BackendKey { scheme: b.scheme, endpoints: b.endpoints.clone(), host_header: b.host_header.clone() };
+    let key = BackendKey {
+        scheme: b.scheme,
+        endpoints: b.endpoints.clone(),
+        host_header: b.host_header.clone(),
+    };
     let made = cache.entry(key).or_insert_with(|| {
         Arc::new(BackendRuntime {
             name: b.name.clone(),
@@ -298,8 +327,15 @@ fn backend(b: &ir::Backend, cache: &mut HashMap<BackendKey, Arc<BackendRuntime>>
                 ir::Scheme::Http => http::uri::Scheme::HTTP,
                 ir::Scheme::Https => http::uri::Scheme::HTTPS,
             },
-            endpoints: b.endpoints.iter().filter_map(|e| Authority::try_from(e.as_str()).ok()).collect(),
-            host_header: b.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+            endpoints: b
+                .endpoints
+                .iter()
+                .filter_map(|e| Authority::try_from(e.as_str()).ok())
+                .collect(),
+            host_header: b
+                .host_header
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok()),
             next: AtomicUsize::new(0),
         })
     });
@@ -309,7 +345,11 @@ fn backend(b: &ir::Backend, cache: &mut HashMap<BackendKey, Arc<BackendRuntime>>
 /// Picks the stage for a request: among stages whose hostnames accept `host`, the one with the
 /// longest base path that prefixes `path` at a segment boundary; on equal base paths, a stage
 /// naming the host exactly beats a wildcard, which beats a stage with no hostnames.
-fn select_stage<'s, 'p>(stages: &'s [StageRuntime], host: &str, path: &'p str) -> Option<(&'s StageRuntime, &'p str)> {
+fn select_stage<'s, 'p>(
+    stages: &'s [StageRuntime],
+    host: &str,
+    path: &'p str,
+) -> Option<(&'s StageRuntime, &'p str)> {
     let mut best: Option<(&StageRuntime, &str, (usize, u8))> = None;
     for stage in stages {
         let host_rank = if stage.hostnames.is_empty() {
@@ -366,7 +406,9 @@ impl HostPattern {
     fn rank(&self, host: &str) -> Option<u8> {
         match self {
             HostPattern::Exact(name) => (name == host).then_some(3),
-            HostPattern::Wildcard(suffix) => (host.len() > suffix.len() && host.ends_with(suffix.as_str())).then_some(2),
+            HostPattern::Wildcard(suffix) => {
+                (host.len() > suffix.len() && host.ends_with(suffix.as_str())).then_some(2)
+            }
         }
     }
 }
@@ -395,7 +437,8 @@ impl HostTable {
 
     fn finish(&mut self) {
         // Longest suffix first, so the first hit is the most specific.
-        self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        self.wildcards
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
     }
 
     fn lookup(&self, host: &str) -> Option<usize> {

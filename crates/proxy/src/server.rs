@@ -44,6 +44,11 @@ impl Default for ServerSettings {
 /// A signal that flips once, when shutdown starts.
 pub type Shutdown = watch::Receiver<bool>;
 
+/// Resolves once shutdown has started (or its sender is gone).
+pub async fn stopped(shutdown: &mut Shutdown) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
 /// Serves the gateway on `listener` until `shutdown` flips, then drains: stops accepting, lets
 /// in-flight requests finish for up to `drain_timeout`, and returns.
 pub async fn serve(
@@ -67,10 +72,13 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { remote, tls: tls.is_some() };
+        let info = ConnInfo {
+            remote,
+            tls: tls.is_some(),
+        };
         let gateway = Arc::clone(&gateway);
         let service = service_fn(move |request| {
             let gateway = Arc::clone(&gateway);
@@ -80,7 +88,9 @@ pub async fn serve(
         let span = tracing::debug_span!("connection", %remote);
         match &tls {
             None => {
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
                 let watched = graceful.watch(connection);
                 tokio::spawn(log_connection_end(watched).instrument(span));
             }
@@ -90,19 +100,21 @@ pub async fn serve(
                 let handshake_timeout = settings.tls_handshake_timeout;
                 tokio::spawn(
                     async move {
-                        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!("TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
                         log_connection_end(watcher.watch(connection)).await;
                     }
                     .instrument(span),
@@ -112,7 +124,10 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(listener = ?local, connections = graceful.count(), "draining");
-    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(listener = ?local, "drain timeout expired; closing remaining connections");
     }
 }

@@ -83,14 +83,16 @@ impl CertTable {
         if loaded != 1 {
             table.default = None;
         }
-        table.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         table
     }
 
     /// The certificate for an SNI name: exact name, then the longest wildcard. When several
     /// certificates claim the name, the first whose subject names cover it wins.
     pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let Some(sni) = sni else { return self.default.clone() };
+        let Some(sni) = sni else {
+            return self.default.clone();
+        };
         let sni = sni.to_ascii_lowercase();
         let candidates = self.exact.get(&sni).or_else(|| {
             self.wildcards

@@ -31,7 +31,11 @@ pub struct UpstreamSettings {
 
 impl Default for UpstreamSettings {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(5), idle_timeout: Duration::from_secs(90), extra_ca_pem: None }
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+            extra_ca_pem: None,
+        }
     }
 }
 
@@ -66,13 +70,19 @@ pub struct Exchange {
 impl UpstreamClient {
     /// Builds the client.
     pub fn new(settings: &UpstreamSettings) -> Result<UpstreamClient, UpstreamSetupError> {
-        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
         if let Some(pem) = &settings.extra_ca_pem {
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots.add(cert.map_err(UpstreamSetupError::CaPem)?).map_err(UpstreamSetupError::Ca)?;
+                roots
+                    .add(cert.map_err(UpstreamSetupError::CaPem)?)
+                    .map_err(UpstreamSetupError::Ca)?;
             }
         }
-        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -109,7 +119,9 @@ impl UpstreamClient {
         let mut attempt = 0;
         loop {
             let Some(endpoint) = backend.pick() else {
-                return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
+                return Err(ProxyError::NoEndpoints {
+                    backend: backend.name.clone(),
+                });
             };
             let uri = Uri::builder()
                 .scheme(backend.scheme.clone())
@@ -128,8 +140,13 @@ impl UpstreamClient {
             let mut request = Request::from_parts(parts.clone(), this_body);
             *request.uri_mut() = uri;
             *request.version_mut() = http::Version::HTTP_11;
-            let host = backend.host_header.clone().or_else(|| parts.headers.get(header::HOST).cloned());
-            if let Some(host) = host.or_else(|| http::HeaderValue::from_str(parts.uri.authority()?.as_str()).ok()) {
+            let host = backend
+                .host_header
+                .clone()
+                .or_else(|| parts.headers.get(header::HOST).cloned());
+            if let Some(host) =
+                host.or_else(|| http::HeaderValue::from_str(parts.uri.authority()?.as_str()).ok())
+            {
                 request.headers_mut().insert(header::HOST, host);
             }
             let result = tokio::time::timeout_at(deadline, self.client.request(request)).await;
@@ -145,7 +162,11 @@ impl UpstreamClient {
                         attempt += 1;
                         continue;
                     }
-                    return Ok(Exchange { response, endpoint: endpoint.to_string(), elapsed: started.elapsed() });
+                    return Ok(Exchange {
+                        response,
+                        endpoint: endpoint.to_string(),
+                        elapsed: started.elapsed(),
+                    });
                 }
                 Ok(Err(error)) => {
                     if error.is_connect() {
@@ -158,7 +179,9 @@ impl UpstreamClient {
                         policy.metrics.upstream_error("protocol");
                     }
                     if body_too_large(&error) {
-                        return Err(ProxyError::PayloadTooLarge { limit: policy.max_body });
+                        return Err(ProxyError::PayloadTooLarge {
+                            limit: policy.max_body,
+                        });
                     }
                     tracing::debug!(backend = %backend.name, %endpoint, error = %ErrorChain(&error), "upstream request failed");
                     return Err(ProxyError::Upstream);

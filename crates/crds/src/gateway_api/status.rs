@@ -78,6 +78,8 @@ pub struct CanaryStatus {
 
 /// Phase of an automated canary analysis.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+// No schema description: kube hoists it over the field's own doc (kubectl explain).
+#[schemars(description = "")]
 pub enum CanaryPhase {
     /// The weight is being stepped up.
     Progressing,

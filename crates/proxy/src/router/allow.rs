@@ -9,7 +9,7 @@ use super::node::FxBuildHasher;
 /// A set of methods: bit `i` is [`MethodBits`]'s `i`-th method.
 pub(super) type MethodMask = u64;
 
-/// The most distinct methods one table may name (the width of [`MethodMask`]).
+/// The most distinct methods one route table may name (methods are kept as bits of a `u64`).
 pub const MAX_METHODS: usize = 64;
 
 /// Above this many distinct unions, `Allow` values are no longer all precomputed; see
@@ -24,7 +24,10 @@ pub(super) struct MethodBits {
 
 impl MethodBits {
     pub(super) fn bit(&self, method: &Method) -> Option<u32> {
-        self.methods.iter().position(|m| m == method).and_then(|i| u32::try_from(i).ok())
+        self.methods
+            .iter()
+            .position(|m| m == method)
+            .and_then(|i| u32::try_from(i).ok())
     }
 
     /// How many methods are numbered.

@@ -1,248 +1,250 @@
-//! The route table: a segment trie built once per Runtime, then read by every request.
+//! The built route table and its lookup: a depth-first walk of the segment trie.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use super::allow::{AllowValues, MAX_METHODS, MethodBits, MethodMask};
-use super::node::{LeafId, Node, NodeId};
-use super::template::{PathTemplate, Segment};
+use super::allow::{AllowValues, MethodBits, MethodMask};
+use super::node::{LeafId, Node, NodeId, SegmentKey};
 use super::{Match, Params};
-
-/// Why [`RouteTableBuilder::insert`] refused a route.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InsertError {
-    /// An earlier route has the same method (or both are any-method), an equivalent template
-    /// (same shape, parameter names aside) and the same header conditions: this one could
-    /// never be chosen.
-    #[error(
-        "{} {template} with the same header conditions duplicates route #{previous}",
-        method.as_ref().map_or("any method", Method::as_str)
-    )]
-    Duplicate {
-        /// Index of the earlier route (see [`RouteTableBuilder::get`]).
-        previous: usize,
-        /// The shared method; `None` when both routes accept any method.
-        method: Option<Method>,
-        /// The canonical template of the refused route.
-        template: String,
-    },
-    /// The route would bring the table above [`MAX_METHODS`] distinct methods.
-    #[error("a route table names at most {max} distinct methods")]
-    TooManyMethods {
-        /// The limit.
-        max: usize,
-    },
-}
 
 /// One inserted route.
 #[derive(Debug)]
-struct Route<T> {
-    value: T,
+pub(super) struct Route<T> {
+    pub(super) value: T,
     /// Parameter names in template order; matched values are paired with them by position.
-    params: Box<[Box<str>]>,
+    pub(super) params: Box<[Box<str>]>,
     /// Header conditions, sorted and deduplicated, so equal sets compare equal.
-    headers: Box<[(HeaderName, HeaderValue)]>,
+    pub(super) headers: Box<[(HeaderName, HeaderValue)]>,
 }
 
 impl<T> Route<T> {
     /// Every condition holds when the request has that header with exactly that value
     /// (any one of its values, if repeated). Values are compared byte for byte.
     fn headers_match(&self, headers: &HeaderMap) -> bool {
-        self.headers.iter().all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+        self.headers
+            .iter()
+            .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
     }
 }
 
-/// All routes of one template shape, in the order they are tried.
-#[derive(Debug, Default)]
-struct Leaf {
-    /// Per method bit, route indices sorted by most header conditions, then insertion order.
-    by_method: Vec<(u32, Vec<u32>)>,
-    /// Any-method routes, same order.
-    any: Vec<u32>,
-    /// The methods of `by_method`, for `Allow`.
-    mask: MethodMask,
-}
-
-impl Leaf {
-    fn list(&self, bit: Option<u32>) -> &[u32] {
-        bit.and_then(|bit| self.by_method.iter().find(|(b, _)| *b == bit))
-            .map_or(&[], |(_, list)| list.as_slice())
-    }
-
-    fn list_mut(&mut self, bit: Option<u32>) -> &mut Vec<u32> {
-        let Some(bit) = bit else { return &mut self.any };
-        match self.by_method.iter().position(|(b, _)| *b == bit) {
-            Some(i) => &mut self.by_method[i].1,
-            None => {
-                self.by_method.push((bit, Vec::new()));
-                let last = self.by_method.len() - 1;
-                &mut self.by_method[last].1
-            }
-        }
-    }
-}
-
-/// Collects routes, rejects duplicates, and builds a [`RouteTable`].
+/// All routes of one template shape: a range of [`RouteTable`]'s candidates.
 #[derive(Debug)]
-pub struct RouteTableBuilder<T> {
-    nodes: Vec<Node>,
-    leaves: Vec<Leaf>,
-    routes: Vec<Route<T>>,
-    methods: MethodBits,
+pub(super) struct Leaf {
+    /// The methods named by its routes, for `Allow`.
+    pub(super) mask: MethodMask,
+    /// Whether an any-method route has this template (then the path is never a 405).
+    pub(super) any: bool,
+    pub(super) start: u32,
+    pub(super) len: u32,
 }
 
-impl<T> Default for RouteTableBuilder<T> {
+/// A route of a leaf, for one of its methods.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Candidate {
+    /// The method's bit, or [`ANY_METHOD`].
+    pub(super) bit: u32,
+    pub(super) route: u32,
+}
+
+/// [`Candidate::bit`] of an any-method route.
+pub(super) const ANY_METHOD: u32 = u32::MAX;
+
+/// Routes indexed for lookup; built by [`RouteTableBuilder`](super::RouteTableBuilder).
+///
+/// See the [module docs](super) for the precedence rules. A lookup visits each trie node at
+/// most once and only nodes on the request path's way down, so its cost does not grow with
+/// the number of routes; it allocates only when the winning route has more than four
+/// parameters. Immutable once built: share it behind an `Arc`.
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    pub(super) nodes: Vec<Node>,
+    pub(super) leaves: Vec<Leaf>,
+    /// Each leaf's routes, grouped by method (any-method last), each group in the order it
+    /// is tried: most header conditions first, then insertion order.
+    pub(super) candidates: Vec<Candidate>,
+    pub(super) routes: Vec<Route<T>>,
+    pub(super) methods: MethodBits,
+    pub(super) allow: AllowValues,
+    /// The bit of GET, for HEAD requests.
+    pub(super) get: Option<u32>,
+}
+
+impl<T> Default for RouteTable<T> {
     fn default() -> Self {
-        Self::new()
+        super::RouteTableBuilder::new().build()
     }
 }
 
-impl<T> RouteTableBuilder<T> {
-    /// An empty builder.
-    pub fn new() -> Self {
-        Self { nodes: vec![Node::default()], leaves: Vec::new(), routes: Vec::new(), methods: MethodBits::default() }
+/// A parameter value captured on the way down, linked to the previous one: the walk keeps
+/// its captures on the stack and only the winning route turns them into [`Params`].
+struct Captured<'c, 'a> {
+    value: &'a str,
+    previous: Option<&'c Captured<'c, 'a>>,
+}
+
+/// The request's side of a lookup, and what the walk saw, to tell 404 from 405.
+struct Search<'a, 'h> {
+    /// The request method's bit; `None` if no route names it.
+    method: Option<u32>,
+    /// The GET bit when the request is HEAD (GET routes answer HEAD).
+    get_for_head: Option<u32>,
+    headers: &'h HeaderMap,
+    path_matched: bool,
+    any_method: bool,
+    method_matched: bool,
+    allowed: MethodMask,
+    /// The winning route's parameters, written where it is found (the captures live on the
+    /// walk's stack), so that only a pointer travels back up.
+    params: Params<'a>,
+}
+
+impl<T> RouteTable<T> {
+    /// Finds the route for a request. `path` must be normalized
+    /// ([`normalize_path`](crate::normalize::normalize_path)); it is matched as is.
+    pub fn find<'a>(&'a self, method: &Method, path: &'a str, headers: &HeaderMap) -> Match<'a, T> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Match::NotFound;
+        };
+        let mut search = Search {
+            method: self.methods.bit(method),
+            get_for_head: if method == Method::HEAD { self.get } else { None },
+            headers,
+            path_matched: false,
+            any_method: false,
+            method_matched: false,
+            allowed: 0,
+            params: Params::default(),
+        };
+        if let Some(route) = self.walk(0, rest, None, &mut search) {
+            return Match::Found {
+                value: &route.value,
+                params: search.params,
+            };
+        }
+        // 405 only when the path is served, but never for this method; if a route for this
+        // method (or any method) matched the path and only its headers failed, it is a 404.
+        if search.path_matched && !search.any_method && !search.method_matched {
+            return Match::MethodNotAllowed {
+                allow: self.allow.get(search.allowed),
+            };
+        }
+        Match::NotFound
     }
 
-    /// Adds a route answering `methods` (empty: any method) on paths matching `template`
-    /// when every `(name, value)` of `headers` is present on the request.
-    ///
-    /// Routes get indices 0, 1, 2, … in the order they are accepted; among routes with the
-    /// same template, method and number of header conditions, the lower index wins, so insert
-    /// in a documented, stable order (the caller's: e.g. creation time, then name).
-    pub fn insert(
-        &mut self,
-        methods: &[Method],
-        template: &PathTemplate,
-        mut headers: Vec<(HeaderName, HeaderValue)>,
-        value: T,
-    ) -> Result<(), InsertError> {
-        if self.methods.unknown(methods) + self.methods_len() > MAX_METHODS {
-            return Err(InsertError::TooManyMethods { max: MAX_METHODS });
-        }
-        headers.sort_by(|a, b| (a.0.as_str(), a.1.as_bytes()).cmp(&(b.0.as_str(), b.1.as_bytes())));
-        headers.dedup();
-        let bits: Vec<Option<u32>> = if methods.is_empty() {
-            vec![None]
-        } else {
-            let mut bits: Vec<_> = methods.iter().map(|m| Some(self.methods.bit_or_insert(m))).collect();
-            bits.sort_unstable();
-            bits.dedup();
-            bits
-        };
-        let leaf_id = self.leaf_for(template);
-        let index = u32::try_from(self.routes.len()).unwrap_or(u32::MAX);
-        let Some(leaf) = self.leaves.get_mut(leaf_id as usize) else {
-            return Ok(()); // unreachable: leaf_for returns a valid index
-        };
-        for &bit in &bits {
-            let previous = leaf.list(bit).iter().chain(if bit.is_none() { &leaf.any[..] } else { &[] });
-            for &earlier in previous {
-                if self.routes.get(earlier as usize).is_some_and(|r| *r.headers == *headers) {
-                    return Err(InsertError::Duplicate {
-                        previous: earlier as usize,
-                        method: bit.and_then(|_| methods.iter().find(|m| self.methods.bit(m) == bit).cloned()),
-                        template: template.to_string(),
-                    });
-                }
-            }
-        }
-        let conditions = headers.len();
-        for &bit in &bits {
-            let routes = &self.routes;
-            let list = leaf.list_mut(bit);
-            // Most header conditions first, then insertion order (indices only grow).
-            let at = list.partition_point(|&r| routes.get(r as usize).is_some_and(|r| r.headers.len() >= conditions));
-            list.insert(at, index);
-            if let Some(bit) = bit {
-                leaf.mask |= 1 << bit;
-            }
-        }
-        let params = template.params().map(Box::from).collect();
-        self.routes.push(Route { value, params, headers: headers.into() });
-        Ok(())
-    }
-
-    /// The number of routes accepted so far.
+    /// The number of routes.
     pub fn len(&self) -> usize {
         self.routes.len()
     }
 
-    /// Whether no route was accepted yet.
+    /// Whether the table has no route.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
 
-    /// The value of the route with this index (as named by [`InsertError::Duplicate`]).
-    pub fn get(&self, index: usize) -> Option<&T> {
-        self.routes.get(index).map(|route| &route.value)
-    }
-
-    /// Freezes the table: compacts small nodes and precomputes every `Allow` value.
-    pub fn build(mut self) -> RouteTable<T> {
-        for node in &mut self.nodes {
-            node.statics.freeze();
+    /// Matches the segment at the start of `rest` (the path after a `/`) against `node`'s
+    /// children in precedence order — literal, parameter, greedy — backtracking to the next
+    /// kind when a subtree yields no route.
+    fn walk<'a>(
+        &'a self,
+        node: NodeId,
+        rest: &'a str,
+        captured: Option<&Captured<'_, 'a>>,
+        search: &mut Search<'a, '_>,
+    ) -> Option<&'a Route<T>> {
+        let node = self.nodes.get(node as usize)?;
+        let (segment, after) = match rest.split_once('/') {
+            Some((segment, after)) => (segment, Some(after)),
+            None => (rest, None),
+        };
+        if !node.statics.is_empty()
+            && let Some(child) = node.statics.get(segment, &SegmentKey::new(segment))
+            && let found @ Some(_) = self.descend(child, after, captured, search)
+        {
+            return found;
         }
-        let allow = AllowValues::build(&self.methods, self.leaves.iter().map(|leaf| leaf.mask));
-        let head = self.methods.bit(&Method::HEAD);
-        let get = self.methods.bit(&Method::GET);
-        RouteTable { nodes: self.nodes, leaves: self.leaves, routes: self.routes, methods: self.methods, allow, head, get }
-    }
-
-    fn methods_len(&self) -> usize {
-        self.methods.unknown(&[]) // zero; keeps MethodBits' field private
-            + (0..MAX_METHODS as u32 + 1).take_while(|_| false).count()
-    }
-
-    /// Walks (creating as needed) the trie path of `template` and returns its leaf.
-    fn leaf_for(&mut self, template: &PathTemplate) -> LeafId {
-        let mut node: NodeId = 0;
-        for segment in template.segments() {
-            let next = match segment {
-                Segment::Literal(text) => {
-                    let fresh = self.nodes.len();
-                    let mut created = false;
-                    let id = self.node_mut(node).statics.get_or_insert(text, || {
-                        created = true;
-                        fresh as NodeId
-                    });
-                    if created {
-                        self.nodes.push(Node::default());
-                    }
-                    id
-                }
-                Segment::Param(_) => match self.node_mut(node).param {
-                    Some(id) => id,
-                    None => {
-                        let id = self.nodes.len() as NodeId;
-                        self.nodes.push(Node::default());
-                        self.node_mut(node).param = Some(id);
-                        id
-                    }
-                },
-                Segment::Greedy(_) => {
-                    let existing = self.node_mut(node).greedy;
-                    return existing.unwrap_or_else(|| {
-                        let id = self.new_leaf();
-                        self.node_mut(node).greedy = Some(id);
-                        id
-                    });
-                }
+        if let Some(child) = node.param
+            && !segment.is_empty()
+        {
+            let captured = Captured {
+                value: segment,
+                previous: captured,
             };
-            node = next;
+            if let found @ Some(_) = self.descend(child, after, Some(&captured), search) {
+                return found;
+            }
         }
-        let existing = self.node_mut(node).leaf;
-        existing.unwrap_or_else(|| {
-            let id = self.new_leaf();
-            self.node_mut(node).leaf = Some(id);
-            id
-        })
+        if let Some(leaf) = node.greedy
+            && !rest.is_empty()
+        {
+            let captured = Captured {
+                value: rest,
+                previous: captured,
+            };
+            return self.try_leaf(leaf, Some(&captured), search);
+        }
+        None
     }
 
-    fn new_leaf(&mut self) -> LeafId {
-        self.leaves.push(Leaf::default());
-        (self.leaves.len() - 1) as LeafId
+    fn descend<'a>(
+        &'a self,
+        child: NodeId,
+        after: Option<&'a str>,
+        captured: Option<&Captured<'_, 'a>>,
+        search: &mut Search<'a, '_>,
+    ) -> Option<&'a Route<T>> {
+        match after {
+            Some(rest) => self.walk(child, rest, captured, search),
+            None => {
+                let leaf = self.nodes.get(child as usize)?.leaf?;
+                self.try_leaf(leaf, captured, search)
+            }
+        }
     }
 
-    fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        &mut self.nodes[id as usize]
+    /// The path matches this leaf's template: try its routes — naming the method, then GET
+    /// for a HEAD request, then any-method — each group in header-count, insertion order.
+    fn try_leaf<'a>(
+        &'a self,
+        leaf: LeafId,
+        captured: Option<&Captured<'_, 'a>>,
+        search: &mut Search<'a, '_>,
+    ) -> Option<&'a Route<T>> {
+        let leaf = self.leaves.get(leaf as usize)?;
+        let start = leaf.start as usize;
+        let candidates = self.candidates.get(start..start + leaf.len as usize)?;
+        for wanted in [search.method, search.get_for_head, Some(ANY_METHOD)]
+            .into_iter()
+            .flatten()
+        {
+            for candidate in candidates.iter().filter(|c| c.bit == wanted) {
+                let Some(route) = self.routes.get(candidate.route as usize) else {
+                    continue;
+                };
+                if route.headers_match(search.headers) {
+                    search.params = params(&route.params, captured);
+                    return Some(route);
+                }
+            }
+        }
+        search.path_matched = true;
+        search.any_method |= leaf.any;
+        search.method_matched |= candidates
+            .iter()
+            .any(|c| Some(c.bit) == search.method || Some(c.bit) == search.get_for_head);
+        search.allowed |= leaf.mask;
+        None
     }
+}
+
+/// Pairs the route's parameter names with the values captured on the way down (the last
+/// capture is the last parameter).
+fn params<'a>(names: &'a [Box<str>], captured: Option<&Captured<'_, 'a>>) -> Params<'a> {
+    Params::new(names, |values| {
+        let mut next = captured;
+        for value in values.iter_mut().rev() {
+            if let Some(capture) = next {
+                *value = capture.value;
+                next = capture.previous;
+            }
+        }
+    })
 }

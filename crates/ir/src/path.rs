@@ -75,7 +75,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
 /// without dot-segment resolution. Used for the literal parts of route templates so that
 /// templates and request paths are spelled the same way. Offsets in errors are relative to
 /// `segment`.
-pub(crate) fn canonical_segment(segment: &str) -> Result<String, PathError> {
+pub fn canonical_segment(segment: &str) -> Result<String, PathError> {
     let mut out = String::with_capacity(segment.len());
     push_canonical(&mut out, segment.as_bytes(), 0)?;
     Ok(out)
@@ -157,6 +157,10 @@ fn is_canonical(bytes: &[u8]) -> bool {
     let mut segment_start = 1;
     let mut i = 1;
     while let Some(&byte) = bytes.get(i) {
+        if RAW_PCHAR[usize::from(byte)] {
+            i += 1;
+            continue;
+        }
         match byte {
             b'/' => {
                 let segment = bytes.get(segment_start..i).unwrap_or_default();
@@ -180,7 +184,6 @@ fn is_canonical(bytes: &[u8]) -> bool {
                 }
                 i += 3;
             }
-            _ if is_raw_pchar(byte) => i += 1,
             _ => return false,
         }
     }
@@ -192,14 +195,28 @@ fn is_dot_segment(segment: &[u8]) -> bool {
 }
 
 /// RFC 3986 `unreserved`.
-fn is_unreserved(byte: u8) -> bool {
+const fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
+/// [`is_raw_pchar`] as a table, for the no-copy check that reads every byte of every path.
+const RAW_PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = is_raw_pchar(byte as u8);
+        byte += 1;
+    }
+    table
+};
+
 /// RFC 3986 `pchar` minus `pct-encoded`: the bytes allowed raw inside a segment.
-fn is_raw_pchar(byte: u8) -> bool {
+const fn is_raw_pchar(byte: u8) -> bool {
     is_unreserved(byte)
-        || matches!(byte, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
+        || matches!(
+            byte,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+        )
         || matches!(byte, b':' | b'@')
 }
 
@@ -236,7 +253,16 @@ mod tests {
 
     #[test]
     fn canonical_paths_are_borrowed() {
-        for path in ["/", "/a", "/a/", "/a/b.c/~d", "/a%2Fb", "/x:y@z!$&'()*+,;=", "/%C3%A9", "/..a/.b"] {
+        for path in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.c/~d",
+            "/a%2Fb",
+            "/x:y@z!$&'()*+,;=",
+            "/%C3%A9",
+            "/..a/.b",
+        ] {
             assert!(matches!(norm(path), Ok(Cow::Borrowed(p)) if p == path), "{path}");
         }
     }
@@ -279,8 +305,14 @@ mod tests {
         assert_eq!(norm("/a%4"), Err(PathError::InvalidEscape { at: 2 }));
         assert_eq!(norm("/b/%G1"), Err(PathError::InvalidEscape { at: 3 }));
         assert_eq!(norm("/%00"), Err(PathError::EncodedNul { at: 1 }));
-        assert_eq!(norm("/a\nb"), Err(PathError::ControlCharacter { at: 2, byte: b'\n' }));
-        assert_eq!(norm("/\u{7f}"), Err(PathError::ControlCharacter { at: 1, byte: 0x7F }));
+        assert_eq!(
+            norm("/a\nb"),
+            Err(PathError::ControlCharacter { at: 2, byte: b'\n' })
+        );
+        assert_eq!(
+            norm("/\u{7f}"),
+            Err(PathError::ControlCharacter { at: 1, byte: 0x7F })
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::normalize::{PathError, canonical_segment};
+use crate::path::{PathError, canonical_segment};
 
 /// The most segments a template may have. It bounds the depth of the matching trie (and the
 /// recursion of a lookup); real APIs stay far below it.
@@ -11,7 +11,7 @@ pub const MAX_SEGMENTS: usize = 128;
 
 /// One `/`-separated piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum Segment {
+pub enum Segment {
     /// Matches exactly this (canonical) text. The empty literal is the root `/` or a trailing
     /// slash, and only ever comes last.
     Literal(Box<str>),
@@ -24,7 +24,7 @@ pub(super) enum Segment {
 /// A parsed route path template such as `/orders/{id}` or `/files/{path+}`.
 ///
 /// Literal segments are canonicalized with the rules of
-/// [`normalize_path`](crate::normalize::normalize_path) (unreserved escapes decoded, other
+/// [`normalize_path`](crate::path::normalize_path) (unreserved escapes decoded, other
 /// escapes upper-cased, disallowed characters encoded), so a template is written the way a
 /// normalized request path is spelled: `/%61dmin` and `/admin` are the same template. Dot
 /// segments (`.`, `..`, also as `%2e`) are rejected rather than resolved: a template that
@@ -122,7 +122,9 @@ pub enum TemplateError {
 impl PathTemplate {
     /// Parses and validates a template (see [`TemplateError`] for what is rejected).
     pub fn parse(template: &str) -> Result<Self, TemplateError> {
-        let body = template.strip_prefix('/').ok_or(TemplateError::MissingLeadingSlash)?;
+        let body = template
+            .strip_prefix('/')
+            .ok_or(TemplateError::MissingLeadingSlash)?;
         if let Some((at, ch)) = template.char_indices().find(|&(_, c)| c == '?' || c == '#') {
             return Err(TemplateError::QueryOrFragment { at, ch });
         }
@@ -145,7 +147,10 @@ impl PathTemplate {
             let segment = match parse_param(text, at)? {
                 Some((name, greedy)) => {
                     if names.contains(&name) {
-                        return Err(TemplateError::DuplicateParam { at, name: name.to_owned() });
+                        return Err(TemplateError::DuplicateParam {
+                            at,
+                            name: name.to_owned(),
+                        });
                     }
                     names.push(name);
                     if greedy {
@@ -167,7 +172,9 @@ impl PathTemplate {
             segments.push(segment);
             at += text.len() + 1;
         }
-        Ok(Self { segments: segments.into() })
+        Ok(Self {
+            segments: segments.into(),
+        })
     }
 
     /// The parameter names, in template order (the greedy one last).
@@ -188,14 +195,19 @@ impl PathTemplate {
     /// method and header set.
     pub fn same_shape(&self, other: &Self) -> bool {
         self.segments.len() == other.segments.len()
-            && self.segments.iter().zip(other.segments.iter()).all(|pair| match pair {
-                (Segment::Literal(a), Segment::Literal(b)) => a == b,
-                (Segment::Param(_), Segment::Param(_)) | (Segment::Greedy(_), Segment::Greedy(_)) => true,
-                _ => false,
-            })
+            && self
+                .segments
+                .iter()
+                .zip(other.segments.iter())
+                .all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Param(_), Segment::Param(_)) | (Segment::Greedy(_), Segment::Greedy(_)) => true,
+                    _ => false,
+                })
     }
 
-    pub(super) fn segments(&self) -> &[Segment] {
+    /// The template's segments, in order.
+    pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
 }
@@ -233,7 +245,10 @@ fn parse_param(text: &str, at: usize) -> Result<Option<(&str, bool)>, TemplateEr
     if name.is_empty() {
         return Err(TemplateError::EmptyParamName { at });
     }
-    if let Some((i, ch)) = name.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_')) {
+    if let Some((i, ch)) = name
+        .char_indices()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
+    {
         return Err(TemplateError::InvalidParamName { at: at + 1 + i, ch });
     }
     Ok(Some((name, greedy)))
@@ -275,7 +290,11 @@ mod tests {
             ("/caf\u{e9}", "/caf%C3%A9"),
         ] {
             let template = PathTemplate::parse(input);
-            assert_eq!(template.as_ref().map(ToString::to_string), Ok(canonical.to_owned()), "{input}");
+            assert_eq!(
+                template.as_ref().map(ToString::to_string),
+                Ok(canonical.to_owned()),
+                "{input}"
+            );
             assert_eq!(PathTemplate::parse(canonical), template);
         }
     }
@@ -283,7 +302,10 @@ mod tests {
     #[test]
     fn segments_of_root_and_trailing_slash() {
         let root = PathTemplate::parse("/");
-        assert_eq!(root.map(|t| t.segments.to_vec()), Ok(vec![Segment::Literal("".into())]));
+        assert_eq!(
+            root.map(|t| t.segments.to_vec()),
+            Ok(vec![Segment::Literal("".into())])
+        );
         let trailing = PathTemplate::parse("/a/");
         assert_eq!(
             trailing.map(|t| t.segments.to_vec()),

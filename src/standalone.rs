@@ -1,0 +1,220 @@
+//! `tollgate standalone`: compile a manifest folder, serve it, reload it when it changes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tollgate_controller::fingerprint::Fingerprint;
+use tollgate_controller::{compile, load, view};
+use tollgate_proxy::access_log::AccessLog;
+use tollgate_proxy::metrics::Metrics;
+use tollgate_proxy::upstream::{UpstreamClient, UpstreamSettings};
+use tollgate_proxy::{Gateway, ServerSettings, admin, server, tls};
+
+use crate::{AccessLogTarget, StandaloneArgs};
+
+/// Runs until SIGTERM / SIGINT, then drains.
+pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let access_log = match args.serve.access_log {
+        AccessLogTarget::Stdout => AccessLog::stdout(Arc::clone(&metrics)),
+        AccessLogTarget::Off => AccessLog::disabled(Arc::clone(&metrics)),
+    };
+    let extra_ca_pem = match &args.serve.upstream_ca {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let client = UpstreamClient::new(&UpstreamSettings {
+        extra_ca_pem,
+        ..UpstreamSettings::default()
+    })?;
+    let gateway = Gateway::new(client, metrics, access_log);
+
+    // The first load must succeed: there is no last good configuration to fall back to.
+    let mut reloader = Reloader::new(args.manifests.clone(), Arc::clone(&gateway));
+    reloader
+        .reload()
+        .with_context(|| format!("loading manifests from {}", args.manifests.display()))?;
+
+    let settings = ServerSettings {
+        max_header_bytes: args.serve.max_header_bytes,
+        header_read_timeout: args.serve.header_read_timeout,
+        drain_timeout: args.serve.drain_timeout,
+        ..ServerSettings::default()
+    };
+    let (stop, shutdown) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let listener = bind(args.listen).await?;
+    tracing::info!(address = %args.listen, "serving HTTP (HTTP/1.1, h2c)");
+    tasks.spawn(server::serve(
+        listener,
+        None,
+        Arc::clone(&gateway),
+        settings.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(address) = args.listen_tls {
+        let listener = bind(address).await?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(gateway.runtime_slot()));
+        tracing::info!(%address, "serving HTTPS (HTTP/1.1, HTTP/2 by ALPN)");
+        tasks.spawn(server::serve(
+            listener,
+            Some(acceptor),
+            Arc::clone(&gateway),
+            settings.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let admin_listener = bind(args.admin).await?;
+    tracing::info!(address = %args.admin, "serving admin (/healthz /readyz /metrics /config)");
+    tasks.spawn(admin::serve_admin(
+        admin_listener,
+        Arc::clone(&gateway),
+        None,
+        shutdown.clone(),
+    ));
+
+    let interval = args.serve.reload_interval;
+    let mut reload_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => reloader.poll(),
+                _ = server::stopped(&mut reload_shutdown) => return,
+            }
+        }
+    });
+
+    wait_for_signal().await;
+    tracing::info!(drain = ?settings.drain_timeout, "shutting down: no new connections, finishing in-flight requests");
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))
+}
+
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Reloads the folder when its fingerprint changes; keeps the last good configuration when a
+/// reload fails.
+struct Reloader {
+    dir: PathBuf,
+    gateway: Arc<Gateway>,
+    fingerprint: Option<Fingerprint>,
+    version: u64,
+    content_hash: String,
+}
+
+impl Reloader {
+    fn new(dir: PathBuf, gateway: Arc<Gateway>) -> Reloader {
+        Reloader {
+            dir,
+            gateway,
+            fingerprint: None,
+            version: 0,
+            content_hash: String::new(),
+        }
+    }
+
+    fn poll(&mut self) {
+        match Fingerprint::of(&self.dir) {
+            Ok(fingerprint) if Some(&fingerprint) == self.fingerprint.as_ref() => {}
+            Ok(_) | Err(_) => {
+                if let Err(error) = self.reload() {
+                    tracing::error!(error = %format!("{error:#}"), "reload failed; still serving the last good configuration");
+                }
+            }
+        }
+    }
+
+    fn reload(&mut self) -> anyhow::Result<()> {
+        // Fingerprint before reading, so a write that lands during the read triggers another reload.
+        let fingerprint = Fingerprint::of(&self.dir).ok();
+        let loaded = match load::load_dir(&self.dir) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                self.fingerprint = fingerprint;
+                self.gateway.metrics().config_errors.inc();
+                let mut current = (*self.gateway.config_view()).clone();
+                if let Some(object) = current.as_object_mut() {
+                    object.insert("lastError".into(), serde_json::Value::String(error.to_string()));
+                }
+                self.gateway.set_config_view(current);
+                return Err(error.into());
+            }
+        };
+        self.fingerprint = fingerprint;
+        let mut compiled = compile::compile_loaded(&loaded);
+        log_reports(&self.dir, &compiled.reports);
+        if compiled.snapshot.content_hash != self.content_hash || self.version == 0 {
+            self.version += 1;
+            self.content_hash = compiled.snapshot.content_hash.clone();
+            compiled.snapshot.version = self.version;
+            self.gateway.apply(&compiled.snapshot);
+            tracing::info!(
+                version = self.version,
+                apis = compiled.snapshot.apis.len(),
+                files = loaded.files.len(),
+                "configuration loaded"
+            );
+        } else {
+            compiled.snapshot.version = self.version;
+        }
+        self.gateway
+            .set_config_view(view::config_view(&compiled.snapshot, &compiled.reports, None));
+        Ok(())
+    }
+}
+
+fn log_reports(dir: &Path, reports: &[tollgate_controller::ObjectReport]) {
+    for report in reports {
+        for d in &report.diagnostics {
+            let file = report
+                .file
+                .as_deref()
+                .map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string());
+            let object = format!("{}/{}", report.kind, report.key);
+            match d.severity {
+                tollgate_controller::diagnostics::Severity::Error => {
+                    tracing::warn!(file, object, field = %d.field, reason = d.reason, "{}", d.message)
+                }
+                tollgate_controller::diagnostics::Severity::Warning => {
+                    tracing::info!(file, object, field = %d.field, reason = d.reason, "{}", d.message)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! `tollgate validate DIR`: compile offline and print every diagnostic, for CI and GitOps
+//! pipelines. Exit 0 when every object is accepted, 1 when any is rejected, 2 when the folder
+//! cannot be read at all.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tollgate_controller::diagnostics::Severity;
+use tollgate_controller::{compile, load};
+
+pub fn run(dir: &Path, json: bool) -> ExitCode {
+    let loaded = match load::load_dir(dir) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let compiled = compile::compile_loaded(&loaded);
+    let rejected = compiled.reports.iter().filter(|r| r.rejected()).count();
+    if json {
+        let doc = serde_json::json!({ "rejected": rejected, "objects": compiled.reports });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        let mut errors = 0;
+        let mut warnings = 0;
+        for report in &compiled.reports {
+            let file = report
+                .file
+                .as_deref()
+                .map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string())
+                .unwrap_or_else(|| "-".into());
+            for d in &report.diagnostics {
+                let level = match d.severity {
+                    Severity::Error => {
+                        errors += 1;
+                        "error"
+                    }
+                    Severity::Warning => {
+                        warnings += 1;
+                        "warning"
+                    }
+                };
+                println!(
+                    "{file}: {}/{}: {}: {} ({level}, {})",
+                    report.kind, report.key, d.field, d.message, d.reason
+                );
+            }
+        }
+        for skipped in &loaded.skipped {
+            println!("{skipped}: skipped (not a kind Tollgate uses)");
+        }
+        println!(
+            "{} objects in {} files: {} rejected, {errors} errors, {warnings} warnings",
+            compiled.reports.len(),
+            loaded.files.len(),
+            rejected
+        );
+    }
+    if rejected > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,215 @@
+//! Hot reload, broken files, in-flight requests across reloads, graceful shutdown.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn mock_route(name: &str, path: &str, body: &str) -> String {
+    route_yaml(
+        "r",
+        name,
+        "r",
+        &format!("  match: {{path: {path}}}\n  integration: {{mock: {{status: 200, body: {body}}}}}\n"),
+    )
+}
+
+#[tokio::test]
+async fn folder_changes_are_served_within_a_second_and_broken_files_keep_the_last_good_config() {
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("r", "r"));
+    m.write("a.yaml", &mock_route("a", "/a", "one"));
+    let g = Tollgate::start(m.path()).await;
+    let c = client();
+    assert_eq!(
+        c.get(g.url("/a")).send().await.unwrap().text().await.unwrap(),
+        "one"
+    );
+    assert_eq!(
+        c.get(g.url("/b")).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // A new file and a changed file.
+    let written = std::time::Instant::now();
+    m.write("b.yaml", &mock_route("b", "/b", "two"));
+    m.write("a.yaml", &mock_route("a", "/a", "uno"));
+    eventually("the new route is served", || async {
+        c.get(g.url("/b"))
+            .send()
+            .await
+            .map(|r| r.status() == StatusCode::OK)
+            .unwrap_or(false)
+    })
+    .await;
+    eprintln!("reload visible after {:?}", written.elapsed());
+    assert_eq!(
+        c.get(g.url("/a")).send().await.unwrap().text().await.unwrap(),
+        "uno"
+    );
+    let version = |cfg: &Value| cfg["version"].as_u64().unwrap();
+    let before: Value = c
+        .get(g.admin_url("/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // A broken file: reported, and the previous configuration keeps serving.
+    m.write(
+        "b.yaml",
+        "apiVersion: tollgate.dev/v1alpha1\nkind: Route\nmetadata: {name: b\n  oops: [\n",
+    );
+    eventually("the error is reported in /config", || async {
+        let cfg: Value = c
+            .get(g.admin_url("/config"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        cfg["lastError"].as_str().is_some_and(|e| e.contains("b.yaml"))
+    })
+    .await;
+    assert_eq!(
+        c.get(g.url("/b")).send().await.unwrap().text().await.unwrap(),
+        "two",
+        "last good config serves"
+    );
+    let after: Value = c
+        .get(g.admin_url("/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version(&after), version(&before));
+    let metrics = c
+        .get(g.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("tollgate_config_errors_total 1"), "{metrics}");
+    assert!(g.stderr().contains("reload failed"), "{}", g.stderr());
+
+    // Fixed again: served, error cleared.
+    m.write("b.yaml", &mock_route("b", "/b", "three"));
+    eventually("the fixed file is served", || async {
+        c.get(g.url("/b")).send().await.unwrap().text().await.unwrap() == "three"
+    })
+    .await;
+    let fixed: Value = c
+        .get(g.admin_url("/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(fixed["lastError"].is_null());
+    assert!(version(&fixed) > version(&after));
+
+    // Removing a file removes its routes.
+    std::fs::remove_file(m.path().join("b.yaml")).unwrap();
+    eventually("the removed route is gone", || async {
+        c.get(g.url("/b")).send().await.unwrap().status() == StatusCode::NOT_FOUND
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_across_a_reload() {
+    let backend = Backend::start("slow").await;
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("r", "r"));
+    m.write(
+        "slow.yaml",
+        &format!(
+            "{}---\n{}",
+            route_yaml(
+                "r",
+                "slow",
+                "r",
+                "  match: {path: '/delay/{ms}'}\n  integration: {service: {name: s, port: 80}}\n"
+            ),
+            service_yaml("r", "s", 80, &[backend.addr])
+        ),
+    );
+    let g = Tollgate::start(m.path()).await;
+    let url = g.url("/delay/1500");
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    m.write("other.yaml", &mock_route("other", "/other", "x"));
+    let c = client();
+    eventually("the reload happened", || async {
+        c.get(g.url("/other"))
+            .send()
+            .await
+            .map(|r| r.status() == StatusCode::OK)
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        StatusCode::OK,
+        "the request that started before the reload"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let backend = Backend::start("slow").await;
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("r", "r"));
+    m.write(
+        "slow.yaml",
+        &format!(
+            "{}---\n{}",
+            route_yaml(
+                "r",
+                "slow",
+                "r",
+                "  match: {path: '/delay/{ms}'}\n  integration: {service: {name: s, port: 80}}\n"
+            ),
+            service_yaml("r", "s", 80, &[backend.addr])
+        ),
+    );
+    let mut g = Tollgate::start(m.path()).await;
+    let url = g.url("/delay/1000");
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    g.terminate();
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        StatusCode::OK,
+        "in-flight request completes during the drain"
+    );
+    assert!(g.wait_exit().await, "exits cleanly after draining");
+    assert!(
+        std::net::TcpStream::connect(g.http).is_err(),
+        "no longer accepting"
+    );
+    assert!(g.stderr().contains("shutting down"), "{}", g.stderr());
+}
+
+#[tokio::test]
+async fn a_folder_that_does_not_load_at_start_is_a_clear_error() {
+    let m = Manifests::new();
+    m.write("bad.yaml", "kind: [\n");
+    let mut g = Tollgate::spawn(m.path(), &[]);
+    assert!(!g.wait_exit().await, "exits with an error");
+    let stderr = g.stderr();
+    assert!(
+        stderr.contains("bad.yaml") && stderr.contains("invalid YAML"),
+        "{stderr}"
+    );
+}

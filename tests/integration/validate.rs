@@ -1,0 +1,78 @@
+//! `tollgate validate` and `tollgate crds`, as a CI pipeline would run them.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn tollgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn the_bundled_examples_validate_cleanly() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart");
+    let (code, stdout, stderr) = tollgate(&["validate", dir]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("0 rejected, 0 errors, 0 warnings"), "{stdout}");
+}
+
+#[test]
+fn broken_manifests_are_named_with_file_object_and_field() {
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("shop", "shop"));
+    m.write(
+        "routes.yaml",
+        &[
+            route_yaml("shop", "two-integrations", "shop", "  match: {path: /a}\n  integration: {mock: {status: 200}, url: 'http://x'}\n"),
+            route_yaml("shop", "bad-path", "shop", "  match: {path: '/a/{id'}\n  integration: {mock: {status: 200}}\n"),
+            route_yaml("shop", "dangling", "nope", "  match: {path: /b}\n  integration: {mock: {status: 200}}\n"),
+            "apiVersion: tollgate.dev/v1alpha1\nkind: Route\nmetadata: {name: foreign, namespace: other}\nspec:\n  \
+             apiRef: {name: shop, namespace: shop}\n  match: {path: /c}\n  integration: {mock: {status: 200}}\n"
+                .to_string(),
+        ]
+        .join("---\n"),
+    );
+    let (code, stdout, _) = tollgate(&["validate", m.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    for expected in [
+        "routes.yaml: Route/shop/two-integrations: spec.integration: set exactly one of service, serviceExport, url or mock",
+        "routes.yaml: Route/shop/bad-path: spec.match.path: ",
+        "routes.yaml: Route/shop/dangling: spec.apiRef: GatewayAPI shop/nope not found",
+        "routes.yaml: Route/other/foreign: spec.apiRef: GatewayAPI shop/shop does not accept Routes from namespace other",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+
+    let (code, json, _) = tollgate(&["validate", "--json", m.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        doc["rejected"], 3,
+        "dangling is not rejected, only unresolved: {json}"
+    );
+}
+
+#[test]
+fn unreadable_yaml_exits_2_naming_the_file() {
+    let m = Manifests::new();
+    m.write("broken.yaml", "apiVersion: v1\nkind: [\n");
+    let (code, _, stderr) = tollgate(&["validate", m.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("broken.yaml"), "{stderr}");
+}
+
+#[test]
+fn crds_subcommand_prints_the_committed_crds() {
+    let (code, stdout, _) = tollgate(&["crds"]);
+    assert_eq!(code, 0);
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/all.yaml")).unwrap();
+    assert_eq!(stdout, committed);
+}
