@@ -17,9 +17,8 @@ use hyper_util::server::conn::auto;
 
 /// Serves until the process is stopped.
 pub async fn run(listen: SocketAddr, name: String) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listen, %name, "echo backend listening");
     let name: Arc<str> = name.into();
     loop {
@@ -46,10 +45,7 @@ async fn echo(request: Request<Incoming>, name: Arc<str>) -> Result<Response<Ful
         .headers
         .iter()
         .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-            )
+            (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()))
         })
         .collect();
     let doc = serde_json::json!({
@@ -61,9 +57,8 @@ async fn echo(request: Request<Incoming>, name: Arc<str>) -> Result<Response<Ful
         "body": String::from_utf8_lossy(&body),
     });
     let mut response = Response::new(Full::new(Bytes::from(doc.to_string())));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     Ok(response)
 }

@@ -110,18 +110,13 @@ enum AccessLogTarget {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    tollgate_crds::Duration::from(text.to_string())
-        .parse()
-        .map_err(|e| e.to_string())
+    tollgate_crds::Duration::from(text.to_string()).parse().map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
+    if rustls::crypto::ring::default_provider().install_default().is_err() {
         tracing::debug!("a rustls crypto provider was already installed");
     }
     match cli.command {
@@ -163,6 +158,9 @@ fn main() -> ExitCode {
 }
 
 fn build_tokio(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == Some(1) {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(workers) = workers {
@@ -174,9 +172,7 @@ fn build_tokio(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

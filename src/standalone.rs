@@ -28,17 +28,12 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let client = UpstreamClient::new(&UpstreamSettings {
-        extra_ca_pem,
-        ..UpstreamSettings::default()
-    })?;
+    let client = UpstreamClient::new(&UpstreamSettings { extra_ca_pem, ..UpstreamSettings::default() })?;
     let gateway = Gateway::new(client, metrics, access_log);
 
     // The first load must succeed: there is no last good configuration to fall back to.
     let mut reloader = Reloader::new(args.manifests.clone(), Arc::clone(&gateway));
-    reloader
-        .reload()
-        .with_context(|| format!("loading manifests from {}", args.manifests.display()))?;
+    reloader.reload().with_context(|| format!("loading manifests from {}", args.manifests.display()))?;
 
     let settings = ServerSettings {
         max_header_bytes: args.serve.max_header_bytes,
@@ -51,13 +46,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 
     let listener = bind(args.listen).await?;
     tracing::info!(address = %args.listen, "serving HTTP (HTTP/1.1, h2c)");
-    tasks.spawn(server::serve(
-        listener,
-        None,
-        Arc::clone(&gateway),
-        settings.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(server::serve(listener, None, Arc::clone(&gateway), settings.clone(), shutdown.clone()));
     if let Some(address) = args.listen_tls {
         let listener = bind(address).await?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(gateway.runtime_slot()));
@@ -72,12 +61,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     }
     let admin_listener = bind(args.admin).await?;
     tracing::info!(address = %args.admin, "serving admin (/healthz /readyz /metrics /config)");
-    tasks.spawn(admin::serve_admin(
-        admin_listener,
-        Arc::clone(&gateway),
-        None,
-        shutdown.clone(),
-    ));
+    tasks.spawn(admin::serve_admin(admin_listener, Arc::clone(&gateway), None, shutdown.clone()));
 
     let interval = args.serve.reload_interval;
     let mut reload_shutdown = shutdown.clone();
@@ -101,9 +85,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 }
 
 async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("binding {address}"))
+    TcpListener::bind(address).await.with_context(|| format!("binding {address}"))
 }
 
 async fn wait_for_signal() {
@@ -140,13 +122,7 @@ struct Reloader {
 
 impl Reloader {
     fn new(dir: PathBuf, gateway: Arc<Gateway>) -> Reloader {
-        Reloader {
-            dir,
-            gateway,
-            fingerprint: None,
-            version: 0,
-            content_hash: String::new(),
-        }
+        Reloader { dir, gateway, fingerprint: None, version: 0, content_hash: String::new() }
     }
 
     fn poll(&mut self) {
@@ -193,8 +169,7 @@ impl Reloader {
         } else {
             compiled.snapshot.version = self.version;
         }
-        self.gateway
-            .set_config_view(view::config_view(&compiled.snapshot, &compiled.reports, None));
+        self.gateway.set_config_view(view::config_view(&compiled.snapshot, &compiled.reports, None));
         Ok(())
     }
 }
@@ -202,10 +177,7 @@ impl Reloader {
 fn log_reports(dir: &Path, reports: &[tollgate_controller::ObjectReport]) {
     for report in reports {
         for d in &report.diagnostics {
-            let file = report
-                .file
-                .as_deref()
-                .map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string());
+            let file = report.file.as_deref().map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string());
             let object = format!("{}/{}", report.kind, report.key);
             match d.severity {
                 tollgate_controller::diagnostics::Severity::Error => {

@@ -57,9 +57,5 @@ pub fn run(dir: &Path, json: bool) -> ExitCode {
             rejected
         );
     }
-    if rejected > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if rejected > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -32,42 +32,19 @@ async fn setup() -> (Tollgate, Backend, Manifests, TestPki) {
 async fn health_readiness_and_metrics() {
     let (g, _b, _m, _pki) = setup().await;
     let c = client();
-    assert_eq!(
-        c.get(g.admin_url("/healthz")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(c.get(g.admin_url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
     let ready = c.get(g.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     assert!(ready.text().await.unwrap().contains("config version 1"));
 
-    assert_eq!(
-        c.get(g.url("/orders/1")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        c.get(g.url("/nope")).send().await.unwrap().status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(c.get(g.url("/orders/1")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(c.get(g.url("/nope")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
     eventually("request metrics are recorded", || async {
-        let text = c
-            .get(g.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
         text.contains("status_class=\"4xx\"")
     })
     .await;
-    let metrics = c
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(
         r#"tollgate_requests_total{api="shop/shop",method="GET",route="shop/get-order",stage="prod",status_class="2xx"} 1"#
     ), "{metrics}");
@@ -84,40 +61,18 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn config_shows_objects_and_diagnostics_but_no_secrets() {
     let (g, _b, _m, _pki) = setup().await;
-    let text = client()
-        .get(g.admin_url("/config"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        !text.contains("PRIVATE KEY"),
-        "private keys never appear in /config"
-    );
+    let text = client().get(g.admin_url("/config")).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "private keys never appear in /config");
     let cfg: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(cfg["version"], 1);
     assert_eq!(cfg["certificates"][0]["secret"], "shop/shop-tls");
     let objects = cfg["objects"].as_array().unwrap();
     let bad = objects.iter().find(|o| o["name"] == "bad").unwrap();
-    let accepted = bad["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Accepted")
-        .unwrap();
+    let accepted = bad["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Accepted").unwrap();
     assert_eq!(accepted["status"], "False");
-    assert!(
-        accepted["message"].as_str().unwrap().contains("spec.match.path"),
-        "{accepted}"
-    );
+    assert!(accepted["message"].as_str().unwrap().contains("spec.match.path"), "{accepted}");
     let routes = &cfg["apis"][0]["stages"][0]["routes"];
-    assert_eq!(
-        routes.as_array().unwrap().len(),
-        1,
-        "the broken route is left out, the valid one serves"
-    );
+    assert_eq!(routes.as_array().unwrap().len(), 1, "the broken route is left out, the valid one serves");
 }
 
 #[tokio::test]
@@ -141,17 +96,9 @@ async fn access_log_has_one_json_line_per_request() {
     assert!(line["durationMs"].as_f64().unwrap() >= 0.0);
     assert!(line["upstreamMs"].as_f64().is_some());
     assert!(line["bytesSent"].as_u64().unwrap() > 0);
-    assert!(
-        !line.to_string().contains("secret"),
-        "the query string is not logged"
-    );
+    assert!(!line.to_string().contains("secret"), "the query string is not logged");
 
-    client()
-        .get(g.url("/missing"))
-        .header("x-request-id", "log-test-2")
-        .send()
-        .await
-        .unwrap();
+    client().get(g.url("/missing")).header("x-request-id", "log-test-2").send().await.unwrap();
     let miss = g.wait_for_log(|l| l["requestId"] == "log-test-2").await;
     assert_eq!(miss["status"], 404);
     assert_eq!(miss["error"], "no_route");

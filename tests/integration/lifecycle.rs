@@ -23,56 +23,26 @@ async fn folder_changes_are_served_within_a_second_and_broken_files_keep_the_las
     m.write("a.yaml", &mock_route("a", "/a", "one"));
     let g = Tollgate::start(m.path()).await;
     let c = client();
-    assert_eq!(
-        c.get(g.url("/a")).send().await.unwrap().text().await.unwrap(),
-        "one"
-    );
-    assert_eq!(
-        c.get(g.url("/b")).send().await.unwrap().status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(c.get(g.url("/a")).send().await.unwrap().text().await.unwrap(), "one");
+    assert_eq!(c.get(g.url("/b")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
 
     // A new file and a changed file.
     let written = std::time::Instant::now();
     m.write("b.yaml", &mock_route("b", "/b", "two"));
     m.write("a.yaml", &mock_route("a", "/a", "uno"));
     eventually("the new route is served", || async {
-        c.get(g.url("/b"))
-            .send()
-            .await
-            .map(|r| r.status() == StatusCode::OK)
-            .unwrap_or(false)
+        c.get(g.url("/b")).send().await.map(|r| r.status() == StatusCode::OK).unwrap_or(false)
     })
     .await;
     eprintln!("reload visible after {:?}", written.elapsed());
-    assert_eq!(
-        c.get(g.url("/a")).send().await.unwrap().text().await.unwrap(),
-        "uno"
-    );
+    assert_eq!(c.get(g.url("/a")).send().await.unwrap().text().await.unwrap(), "uno");
     let version = |cfg: &Value| cfg["version"].as_u64().unwrap();
-    let before: Value = c
-        .get(g.admin_url("/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value = c.get(g.admin_url("/config")).send().await.unwrap().json().await.unwrap();
 
     // A broken file: reported, and the previous configuration keeps serving.
-    m.write(
-        "b.yaml",
-        "apiVersion: tollgate.dev/v1alpha1\nkind: Route\nmetadata: {name: b\n  oops: [\n",
-    );
+    m.write("b.yaml", "apiVersion: tollgate.dev/v1alpha1\nkind: Route\nmetadata: {name: b\n  oops: [\n");
     eventually("the error is reported in /config", || async {
-        let cfg: Value = c
-            .get(g.admin_url("/config"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let cfg: Value = c.get(g.admin_url("/config")).send().await.unwrap().json().await.unwrap();
         cfg["lastError"].as_str().is_some_and(|e| e.contains("b.yaml"))
     })
     .await;
@@ -81,23 +51,9 @@ async fn folder_changes_are_served_within_a_second_and_broken_files_keep_the_las
         "two",
         "last good config serves"
     );
-    let after: Value = c
-        .get(g.admin_url("/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = c.get(g.admin_url("/config")).send().await.unwrap().json().await.unwrap();
     assert_eq!(version(&after), version(&before));
-    let metrics = c
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("tollgate_config_errors_total 1"), "{metrics}");
     assert!(g.stderr().contains("reload failed"), "{}", g.stderr());
 
@@ -107,14 +63,7 @@ async fn folder_changes_are_served_within_a_second_and_broken_files_keep_the_las
         c.get(g.url("/b")).send().await.unwrap().text().await.unwrap() == "three"
     })
     .await;
-    let fixed: Value = c
-        .get(g.admin_url("/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fixed: Value = c.get(g.admin_url("/config")).send().await.unwrap().json().await.unwrap();
     assert!(fixed["lastError"].is_null());
     assert!(version(&fixed) > version(&after));
 
@@ -151,11 +100,7 @@ async fn in_flight_requests_finish_across_a_reload() {
     m.write("other.yaml", &mock_route("other", "/other", "x"));
     let c = client();
     eventually("the reload happened", || async {
-        c.get(g.url("/other"))
-            .send()
-            .await
-            .map(|r| r.status() == StatusCode::OK)
-            .unwrap_or(false)
+        c.get(g.url("/other")).send().await.map(|r| r.status() == StatusCode::OK).unwrap_or(false)
     })
     .await;
     assert_eq!(
@@ -194,10 +139,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         "in-flight request completes during the drain"
     );
     assert!(g.wait_exit().await, "exits cleanly after draining");
-    assert!(
-        std::net::TcpStream::connect(g.http).is_err(),
-        "no longer accepting"
-    );
+    assert!(std::net::TcpStream::connect(g.http).is_err(), "no longer accepting");
     assert!(g.stderr().contains("shutting down"), "{}", g.stderr());
 }
 
@@ -208,8 +150,5 @@ async fn a_folder_that_does_not_load_at_start_is_a_clear_error() {
     let mut g = Tollgate::spawn(m.path(), &[]);
     assert!(!g.wait_exit().await, "exits with an error");
     let stderr = g.stderr();
-    assert!(
-        stderr.contains("bad.yaml") && stderr.contains("invalid YAML"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.yaml") && stderr.contains("invalid YAML"), "{stderr}");
 }

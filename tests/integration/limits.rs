@@ -33,21 +33,11 @@ async fn setup() -> (Tollgate, Backend, Manifests) {
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
     let (g, backend, _m) = setup().await;
-    let ok = client()
-        .post(g.url("/up"))
-        .body("x".repeat(1000))
-        .send()
-        .await
-        .unwrap();
+    let ok = client().post(g.url("/up")).body("x".repeat(1000)).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
 
     // Announced by Content-Length: refused before anything is forwarded.
-    let big = client()
-        .post(g.url("/up"))
-        .body("x".repeat(1001))
-        .send()
-        .await
-        .unwrap();
+    let big = client().post(g.url("/up")).body("x".repeat(1001)).send().await.unwrap();
     assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: serde_json::Value = big.json().await.unwrap();
     assert_eq!(body["message"], "Request body exceeds the limit of 1000 bytes");
@@ -77,12 +67,7 @@ async fn streamed_chunked_body_over_the_limit_is_cut_off() {
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let (g, backend, _m) = setup().await;
-    let r = client()
-        .get(g.url("/up"))
-        .header("x-big", "z".repeat(20_000))
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(g.url("/up")).header("x-big", "z".repeat(20_000)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(backend.hits(), 0);
 }

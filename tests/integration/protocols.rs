@@ -24,11 +24,7 @@ async fn setup() -> Setup {
     };
     m.write(
         "a.yaml",
-        &format!(
-            "{}---\n{}",
-            api("a", "a.tls.test"),
-            pki.secret_yaml("t", "a-cert", &["a.tls.test"])
-        ),
+        &format!("{}---\n{}", api("a", "a.tls.test"), pki.secret_yaml("t", "a-cert", &["a.tls.test"])),
     );
     m.write(
         "b.yaml",
@@ -62,12 +58,7 @@ async fn setup() -> Setup {
     m.write("routes.yaml", &routes);
     m.write("svc.yaml", &service_yaml("t", "echo", 80, &[backend.addr]));
     let gateway = Tollgate::start(m.path()).await;
-    Setup {
-        gateway,
-        pki,
-        _backend: backend,
-        _m: m,
-    }
+    Setup { gateway, pki, _backend: backend, _m: m }
 }
 
 fn tls_client(s: &Setup, http2: bool) -> reqwest::Client {
@@ -91,39 +82,20 @@ async fn sni_picks_the_certificate_and_alpn_negotiates_http2() {
     let s = setup().await;
     let port = s.gateway.tls.port();
     let c = tls_client(&s, true);
-    let a = c
-        .get(format!("https://a.tls.test:{port}/who"))
-        .send()
-        .await
-        .unwrap();
+    let a = c.get(format!("https://a.tls.test:{port}/who")).send().await.unwrap();
     assert_eq!(a.status(), StatusCode::OK);
     assert_eq!(a.version(), reqwest::Version::HTTP_2, "ALPN h2");
     assert_eq!(a.text().await.unwrap(), "a");
-    let b = c
-        .get(format!("https://x.b.tls.test:{port}/who"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        b.text().await.unwrap(),
-        "b",
-        "wildcard certificate for *.b.tls.test"
-    );
+    let b = c.get(format!("https://x.b.tls.test:{port}/who")).send().await.unwrap();
+    assert_eq!(b.text().await.unwrap(), "b", "wildcard certificate for *.b.tls.test");
 
-    let h1 = tls_client(&s, false)
-        .get(format!("https://a.tls.test:{port}/echo"))
-        .send()
-        .await
-        .unwrap();
+    let h1 = tls_client(&s, false).get(format!("https://a.tls.test:{port}/echo")).send().await.unwrap();
     assert_eq!(h1.version(), reqwest::Version::HTTP_11);
     let body: Value = h1.json().await.unwrap();
     assert_eq!(body["headers"]["x-forwarded-proto"], "https");
 
     let unknown = c.get(format!("https://unknown.test:{port}/who")).send().await;
-    assert!(
-        unknown.is_err(),
-        "no certificate for an unknown SNI name: the handshake fails"
-    );
+    assert!(unknown.is_err(), "no certificate for an unknown SNI name: the handshake fails");
 }
 
 #[tokio::test]
@@ -136,11 +108,7 @@ async fn h2c_prior_knowledge_on_the_plain_listener() {
         .resolve("a.tls.test", s.gateway.http)
         .build()
         .unwrap();
-    let r = c
-        .get(format!("http://a.tls.test:{}/echo", s.gateway.http.port()))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(format!("http://a.tls.test:{}/echo", s.gateway.http.port())).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     let body: Value = r.json().await.unwrap();
@@ -167,10 +135,7 @@ async fn curl_speaks_to_the_gateway() {
             "-w",
             "%{http_version} %{http_code}",
         ])
-        .args([
-            "--resolve",
-            &format!("a.tls.test:{}:127.0.0.1", s.gateway.http.port()),
-        ])
+        .args(["--resolve", &format!("a.tls.test:{}:127.0.0.1", s.gateway.http.port())])
         .arg(format!("http://a.tls.test:{}/who", s.gateway.http.port()))
         .output()
         .expect("curl is installed (.ci/run installs it)");
@@ -179,17 +144,9 @@ async fn curl_speaks_to_the_gateway() {
     let out = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert"])
         .arg(&ca)
-        .args([
-            "--resolve",
-            &format!("a.tls.test:{}:127.0.0.1", s.gateway.tls.port()),
-        ])
+        .args(["--resolve", &format!("a.tls.test:{}:127.0.0.1", s.gateway.tls.port())])
         .arg(format!("https://a.tls.test:{}/who", s.gateway.tls.port()))
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "a",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a", "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -32,16 +32,8 @@ async fn setup() -> Setup {
     };
     let routes = [
         svc("echo", "/echo/{p+}", ""),
-        svc(
-            "slow",
-            "/slow/{ms}",
-            "    path: '/delay/{ms}'\n    timeout: 300ms\n",
-        ),
-        svc(
-            "flaky",
-            "/flaky",
-            "    retries: {attempts: 2, on: [connect-failure]}\n",
-        ),
+        svc("slow", "/slow/{ms}", "    path: '/delay/{ms}'\n    timeout: 300ms\n"),
+        svc("flaky", "/flaky", "    retries: {attempts: 2, on: [connect-failure]}\n"),
         svc("flaky-no-retry", "/flaky-no-retry", ""),
         svc("half", "/half", "    retries: {attempts: 1, on: [\"503\"]}\n"),
         svc("down", "/down", ""),
@@ -62,12 +54,7 @@ async fn setup() -> Setup {
     .join("---\n");
     m.write("services.yaml", &services);
     let gateway = Tollgate::start(m.path()).await;
-    Setup {
-        gateway,
-        ok,
-        failing,
-        _m: m,
-    }
+    Setup { gateway, ok, failing, _m: m }
 }
 
 #[tokio::test]
@@ -94,19 +81,13 @@ async fn forwarding_headers_request_id_and_trace_context() {
     let body: Value = r.json().await.unwrap();
     let h = &body["headers"];
     assert_eq!(body["path"], "/echo/a");
-    assert!(
-        h.get("x-hop").is_none(),
-        "hop-by-hop header named in Connection must not be forwarded"
-    );
+    assert!(h.get("x-hop").is_none(), "hop-by-hop header named in Connection must not be forwarded");
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], s.gateway.http.to_string());
     assert_eq!(h["x-request-id"], "req-abc.123");
     let tp = h["traceparent"].as_str().unwrap();
-    assert!(
-        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp != trace,
-        "{tp}"
-    );
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp != trace, "{tp}");
     assert_eq!(body["version"], "HTTP/1.1");
 }
 
@@ -117,24 +98,10 @@ async fn request_ids_are_generated_and_hostile_ones_replaced() {
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 36, "a UUID: {id}");
     let body: Value = r.json().await.unwrap();
-    assert_eq!(
-        body["headers"]["x-request-id"], id,
-        "the upstream sees the same id"
-    );
-    assert!(
-        body["headers"]["traceparent"]
-            .as_str()
-            .unwrap()
-            .starts_with("00-"),
-        "a trace is started"
-    );
+    assert_eq!(body["headers"]["x-request-id"], id, "the upstream sees the same id");
+    assert!(body["headers"]["traceparent"].as_str().unwrap().starts_with("00-"), "a trace is started");
 
-    let r = client()
-        .get(s.gateway.url("/echo/x"))
-        .header("x-request-id", "a\"b{c}")
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(s.gateway.url("/echo/x")).header("x-request-id", "a\"b{c}").send().await.unwrap();
     assert_ne!(r.headers()["x-request-id"], "a\"b{c}");
 }
 
@@ -154,18 +121,10 @@ async fn connect_failures_are_retried_when_the_route_says_so() {
     let s = setup().await;
     for _ in 0..6 {
         let r = client().get(s.gateway.url("/flaky")).send().await.unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::OK,
-            "the dead endpoint is skipped by the retry"
-        );
+        assert_eq!(r.status(), StatusCode::OK, "the dead endpoint is skipped by the retry");
     }
     assert_eq!(s.ok.hits(), 6);
-    let r = client()
-        .get(s.gateway.url("/flaky-no-retry"))
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(s.gateway.url("/flaky-no-retry")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
 }
 
@@ -193,13 +152,7 @@ async fn backend_down_no_endpoints_and_missing_service() {
         let r = client().get(s.gateway.url(path)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
         let body: Value = r.json().await.unwrap();
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("Service Unavailable"),
-            "{body}"
-        );
+        assert!(body["message"].as_str().unwrap().starts_with("Service Unavailable"), "{body}");
     }
 }
 
@@ -207,12 +160,7 @@ async fn backend_down_no_endpoints_and_missing_service() {
 async fn request_bodies_stream_through() {
     let s = setup().await;
     let payload = "x".repeat(200_000);
-    let r = client()
-        .put(s.gateway.url("/echo/upload"))
-        .body(payload.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = client().put(s.gateway.url("/echo/upload")).body(payload.clone()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["method"], "PUT");

@@ -22,11 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A free port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running `tollgate standalone`.
@@ -78,14 +74,7 @@ impl Tollgate {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         collect_lines(child.stdout.take().unwrap(), Arc::clone(&stdout));
         collect_lines(child.stderr.take().unwrap(), Arc::clone(&stderr));
-        Tollgate {
-            child: Some(child),
-            http,
-            tls,
-            admin,
-            stdout,
-            stderr,
-        }
+        Tollgate { child: Some(child), http, tls, admin, stdout, stderr }
     }
 
     pub async fn wait_ready(&self) {
@@ -97,11 +86,7 @@ impl Tollgate {
             {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "tollgate not ready; stderr:\n{}",
-                self.stderr()
-            );
+            assert!(tokio::time::Instant::now() < deadline, "tollgate not ready; stderr:\n{}", self.stderr());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -116,12 +101,7 @@ impl Tollgate {
 
     /// Access-log lines written so far, parsed.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
-        self.stdout
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.stdout.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Waits until an access-log line satisfies `predicate`.
@@ -147,9 +127,7 @@ impl Tollgate {
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         }
     }
 
@@ -187,11 +165,7 @@ fn collect_lines(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Ve
 
 /// An HTTP/1.1 client that ignores proxies from the environment.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(WAIT)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().timeout(WAIT).build().unwrap()
 }
 
 /// A manifest folder in a temp dir.
@@ -201,9 +175,7 @@ pub struct Manifests {
 
 impl Manifests {
     pub fn new() -> Manifests {
-        Manifests {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Manifests { dir: tempfile::tempdir().unwrap() }
     }
 
     pub fn path(&self) -> &Path {
@@ -315,12 +287,7 @@ async fn answer(
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
         .collect();
     let doc = serde_json::json!({
         "server": &*name,
@@ -332,13 +299,10 @@ async fn answer(
         "body": String::from_utf8_lossy(&body),
     });
     let mut r = Response::new(Full::new(Bytes::from(doc.to_string())));
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
     r.headers_mut().insert("x-backend", name.parse().unwrap());
-    r.headers_mut()
-        .insert("connection", "x-upstream-hop".parse().unwrap());
-    r.headers_mut()
-        .insert("x-upstream-hop", "drop-me".parse().unwrap());
+    r.headers_mut().insert("connection", "x-upstream-hop".parse().unwrap());
+    r.headers_mut().insert("x-upstream-hop", "drop-me".parse().unwrap());
     Ok(r)
 }
 
@@ -365,10 +329,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -378,31 +339,19 @@ where
 /// never send (dot segments, odd encodings, huge headers).
 pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await.unwrap().unwrap();
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
-        .await
-        .expect("response within time");
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await.expect("response within time");
     let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
 }
 
 /// A GET with the given raw path and Host, `Connection: close`.
 pub async fn raw_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
-    raw_request(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
+    raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
 }
 
 /// The JSON body of a raw response.
@@ -421,15 +370,10 @@ impl TestPki {
     pub fn new() -> TestPki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Tollgate test CA");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Tollgate test CA");
         let issuer =
             rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
-        TestPki {
-            ca_pem: issuer.pem(),
-            issuer,
-        }
+        TestPki { ca_pem: issuer.pem(), issuer }
     }
 
     /// (certificate PEM, private key PEM) for `names`.

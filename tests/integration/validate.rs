@@ -5,10 +5,7 @@ use std::process::Command;
 use crate::support::*;
 
 fn tollgate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate")).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -54,10 +51,7 @@ fn broken_manifests_are_named_with_file_object_and_field() {
     let (code, json, _) = tollgate(&["validate", "--json", m.path().to_str().unwrap()]);
     assert_eq!(code, 1);
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(
-        doc["rejected"], 3,
-        "dangling is not rejected, only unresolved: {json}"
-    );
+    assert_eq!(doc["rejected"], 3, "dangling is not rejected, only unresolved: {json}");
 }
 
 #[test]

@@ -92,22 +92,11 @@ fn compile_with(inputs: &Inputs, extra: impl FnOnce(&mut Diagnostics)) -> Compil
         }
     }
     snapshot_apis.sort_by(|a, b| a.key.cmp(&b.key));
-    certificates.sort_by(|a, b| {
-        a.source
-            .cmp(&b.source)
-            .then_with(|| a.hostnames.cmp(&b.hostnames))
-    });
-    let mut snapshot = ir::Snapshot {
-        version: 0,
-        content_hash: String::new(),
-        apis: snapshot_apis,
-        certificates,
-    };
+    certificates.sort_by(|a, b| a.source.cmp(&b.source).then_with(|| a.hostnames.cmp(&b.hostnames)));
+    let mut snapshot =
+        ir::Snapshot { version: 0, content_hash: String::new(), apis: snapshot_apis, certificates };
     snapshot.content_hash = content_hash(&snapshot);
-    Compiled {
-        snapshot,
-        reports: diagnostics.finish(),
-    }
+    Compiled { snapshot, reports: diagnostics.finish() }
 }
 
 fn track_all(inputs: &Inputs, d: &mut Diagnostics) {

@@ -112,9 +112,7 @@ pub struct ObjectReport {
 impl ObjectReport {
     /// Whether the object was rejected (`Accepted` is false).
     pub fn rejected(&self) -> bool {
-        self.conditions
-            .iter()
-            .any(|c| c.type_ == condition::ACCEPTED && c.status == "False")
+        self.conditions.iter().any(|c| c.type_ == condition::ACCEPTED && c.status == "False")
     }
 }
 
@@ -142,11 +140,7 @@ impl Diagnostics {
 
     /// Records a finding.
     pub fn add(&mut self, kind: Kind, key: &ObjectKey, diagnostic: Diagnostic) {
-        self.objects
-            .entry((kind, key.clone()))
-            .or_default()
-            .findings
-            .push(diagnostic);
+        self.objects.entry((kind, key.clone())).or_default().findings.push(diagnostic);
     }
 
     /// An error that rejects the object (`Accepted=False`) for an invalid field.
@@ -170,13 +164,8 @@ impl Diagnostics {
         message: impl Into<String>,
     ) {
         let (field, message) = (field.into(), message.into());
-        let diagnostic = Diagnostic {
-            severity: Severity::Error,
-            condition: condition::ACCEPTED,
-            reason,
-            field,
-            message,
-        };
+        let diagnostic =
+            Diagnostic { severity: Severity::Error, condition: condition::ACCEPTED, reason, field, message };
         self.add(kind, key, diagnostic);
     }
 
@@ -223,9 +212,7 @@ impl Diagnostics {
     /// Whether the object has an error on `Accepted` so far.
     pub fn is_rejected(&self, kind: Kind, key: &ObjectKey) -> bool {
         self.objects.get(&(kind, key.clone())).is_some_and(|e| {
-            e.findings
-                .iter()
-                .any(|d| d.severity == Severity::Error && d.condition == condition::ACCEPTED)
+            e.findings.iter().any(|d| d.severity == Severity::Error && d.condition == condition::ACCEPTED)
         })
     }
 
@@ -258,12 +245,8 @@ impl Diagnostics {
 
 fn conditions(kind: Kind, entry: &Entry) -> Vec<Condition> {
     let generation = entry.generation;
-    let first = |cond: &str| {
-        entry
-            .findings
-            .iter()
-            .find(|d| d.severity == Severity::Error && d.condition == cond)
-    };
+    let first =
+        |cond: &str| entry.findings.iter().find(|d| d.severity == Severity::Error && d.condition == cond);
     let summary = |cond: &str| {
         let errors: Vec<String> = entry
             .findings
@@ -293,11 +276,7 @@ fn conditions(kind: Kind, entry: &Entry) -> Vec<Condition> {
                 type_: condition::ACCEPTED,
                 status: "True",
                 reason: reason::ACCEPTED,
-                message: if warnings.is_empty() {
-                    "Accepted".to_string()
-                } else {
-                    warnings.join("; ")
-                },
+                message: if warnings.is_empty() { "Accepted".to_string() } else { warnings.join("; ") },
                 observed_generation: generation,
             }
         }
@@ -325,11 +304,7 @@ fn conditions(kind: Kind, entry: &Entry) -> Vec<Condition> {
         out.push(Condition {
             type_: condition::PROGRAMMED,
             status: if served { "True" } else { "False" },
-            reason: if served {
-                reason::PROGRAMMED
-            } else {
-                reason::NOT_PROGRAMMED
-            },
+            reason: if served { reason::PROGRAMMED } else { reason::NOT_PROGRAMMED },
             message: if served {
                 "Served by the current configuration".to_string()
             } else if !is_accepted {

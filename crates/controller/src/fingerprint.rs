@@ -15,10 +15,8 @@ impl Fingerprint {
     pub fn of(dir: &Path) -> Result<Fingerprint, LoadError> {
         let mut entries = Vec::new();
         for file in manifest_files(dir)? {
-            let meta = std::fs::metadata(&file).map_err(|source| LoadError::Read {
-                path: file.clone(),
-                source,
-            })?;
+            let meta =
+                std::fs::metadata(&file).map_err(|source| LoadError::Read { path: file.clone(), source })?;
             entries.push((file, meta.len(), meta.modified().ok()));
         }
         Ok(Fingerprint(entries))

@@ -97,23 +97,16 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|source| LoadError::Read {
-            path: current.clone(),
-            source,
-        })?;
+        let entries = std::fs::read_dir(&current)
+            .map_err(|source| LoadError::Read { path: current.clone(), source })?;
         for entry in entries {
-            let entry = entry.map_err(|source| LoadError::Read {
-                path: current.clone(),
-                source,
-            })?;
+            let entry = entry.map_err(|source| LoadError::Read { path: current.clone(), source })?;
             let path = entry.path();
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let file_type = entry.file_type().map_err(|source| LoadError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let file_type =
+                entry.file_type().map_err(|source| LoadError::Read { path: path.clone(), source })?;
             if file_type.is_dir() {
                 pending.push(path);
             } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
@@ -129,10 +122,8 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();
     for file in manifest_files(dir)? {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
-            path: file.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|source| LoadError::Read { path: file.clone(), source })?;
         load_text(&text, Some(&file), &mut loaded)?;
         loaded.files.push(file);
     }
@@ -157,9 +148,8 @@ pub fn load_text(text: &str, file: Option<&Path>, loaded: &mut Loaded) -> Result
             document: number,
             message: message.into(),
         };
-        let object = value
-            .as_object()
-            .ok_or_else(|| shape("not a mapping: every document must be one object"))?;
+        let object =
+            value.as_object().ok_or_else(|| shape("not a mapping: every document must be one object"))?;
         let api_version = object
             .get("apiVersion")
             .and_then(Value::as_str)
@@ -171,11 +161,7 @@ pub fn load_text(text: &str, file: Option<&Path>, loaded: &mut Loaded) -> Result
             .ok_or_else(|| shape("kind is missing: add e.g. `kind: Route`"))?
             .to_string();
         if object.get("kind").and_then(Value::as_str) == Some("List") {
-            let items = object
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let items = object.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
             for item in items {
                 add_object(item, &api_version, file, loaded)?;
             }
@@ -193,16 +179,8 @@ fn add_object(
     file: Option<&Path>,
     loaded: &mut Loaded,
 ) -> Result<(), LoadError> {
-    let api_version = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let kind = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     let path = file.map(Path::to_path_buf).unwrap_or_default();
     let file = file.map(Path::to_path_buf);
     match (api_version.as_str(), kind.as_str()) {
@@ -241,25 +219,20 @@ fn add_object(
                 ),
             });
         }
-        ("v1", "Secret") => loaded.inputs.secrets.push(Object {
-            object: decode(normalize_secret(value), &path, &kind)?,
-            file,
-        }),
-        ("v1", "Service") => loaded.inputs.services.push(Object {
-            object: decode(value, &path, &kind)?,
-            file,
-        }),
-        ("v1", "Namespace") => loaded.inputs.namespaces.push(Object {
-            object: decode(value, &path, &kind)?,
-            file,
-        }),
-        ("discovery.k8s.io/v1", "EndpointSlice") => loaded.inputs.endpoint_slices.push(Object {
-            object: decode(value, &path, &kind)?,
-            file,
-        }),
-        _ => loaded
-            .skipped
-            .push(format!("{}: {api_version}/{kind}", path.display())),
+        ("v1", "Secret") => loaded
+            .inputs
+            .secrets
+            .push(Object { object: decode(normalize_secret(value), &path, &kind)?, file }),
+        ("v1", "Service") => {
+            loaded.inputs.services.push(Object { object: decode(value, &path, &kind)?, file })
+        }
+        ("v1", "Namespace") => {
+            loaded.inputs.namespaces.push(Object { object: decode(value, &path, &kind)?, file })
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            loaded.inputs.endpoint_slices.push(Object { object: decode(value, &path, &kind)?, file })
+        }
+        _ => loaded.skipped.push(format!("{}: {api_version}/{kind}", path.display())),
     }
     Ok(())
 }
@@ -276,11 +249,7 @@ fn push_unknown<T: kube::Resource>(loaded: &mut Loaded, kind: Kind, object: &T, 
 }
 
 fn object_name(value: &Value) -> String {
-    value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("<unnamed>")
-        .to_string()
+    value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string()
 }
 
 fn decode<T: DeserializeOwned>(value: Value, path: &Path, kind: &str) -> Result<T, LoadError> {
@@ -352,9 +321,7 @@ fn normalize_secret(mut value: Value) -> Value {
         return value;
     };
     if let Some(object) = value.as_object_mut() {
-        let data = object
-            .entry("data")
-            .or_insert_with(|| Value::Object(Default::default()));
+        let data = object.entry("data").or_insert_with(|| Value::Object(Default::default()));
         if let Some(data) = data.as_object_mut() {
             for (key, text) in string_data {
                 let encoded =
@@ -374,14 +341,10 @@ mod tests {
     #[test]
     fn bad_yaml_names_file_and_document() {
         let mut loaded = Loaded::default();
-        let error = load_text(
-            "kind: Service\n---\nfoo: [unclosed\n",
-            Some(Path::new("x.yaml")),
-            &mut loaded,
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        let error = load_text("kind: Service\n---\nfoo: [unclosed\n", Some(Path::new("x.yaml")), &mut loaded)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(error.starts_with("x.yaml: document"), "{error}");
     }
 
@@ -393,12 +356,7 @@ mod tests {
         let result = load_text(text, Some(Path::new("a.yaml")), &mut loaded);
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(loaded.skipped, vec!["a.yaml: apps/v1/Deployment".to_string()]);
-        let data = loaded
-            .inputs
-            .secrets
-            .first()
-            .and_then(|s| s.object.data.clone())
-            .unwrap_or_default();
+        let data = loaded.inputs.secrets.first().and_then(|s| s.object.data.clone()).unwrap_or_default();
         assert_eq!(data.get("key").map(|b| b.0.as_slice()), Some(&b"hello"[..]));
     }
 }

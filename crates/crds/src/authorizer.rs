@@ -12,10 +12,7 @@ use crate::common::{
 
 /// The specification of an `Authorizer`: exactly one of jwt, external or sigv4.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[allow(
-    clippy::duplicated_attributes,
-    reason = "printcolumn(...) repeats its keys by design"
-)]
+#[allow(clippy::duplicated_attributes, reason = "printcolumn(...) repeats its keys by design")]
 #[kube(
     group = "tollgate.dev",
     version = "v1alpha1",
@@ -28,18 +25,8 @@ use crate::common::{
            HTTP service that answers allow or deny, or AWS Signature Version 4.",
     shortname = "tgauthz",
     category = "tollgate",
-    printcolumn(
-        name = "Issuer",
-        type_ = "string",
-        json_path = ".spec.jwt.issuer",
-        priority = 1
-    ),
-    printcolumn(
-        name = "URL",
-        type_ = "string",
-        json_path = ".spec.external.url",
-        priority = 1
-    ),
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.jwt.issuer", priority = 1),
+    printcolumn(name = "URL", type_ = "string", json_path = ".spec.external.url", priority = 1),
     printcolumn(
         name = "Accepted",
         type_ = "string",

@@ -113,15 +113,7 @@ pub(crate) fn exactly_one<T, const N: usize>(
     let mut set = candidates.into_iter().flatten();
     match (set.next(), set.next()) {
         (Some(one), None) => Ok(one),
-        (None, _) => Err(OneOfError {
-            field,
-            options,
-            found: 0,
-        }),
-        (Some(_), Some(_)) => Err(OneOfError {
-            field,
-            options,
-            found: 2 + set.count(),
-        }),
+        (None, _) => Err(OneOfError { field, options, found: 0 }),
+        (Some(_), Some(_)) => Err(OneOfError { field, options, found: 2 + set.count() }),
     }
 }

@@ -20,10 +20,7 @@ pub const DEFAULT_FLEET: &str = crate::defaults::FLEET;
 
 /// The specification of a `GatewayAPI`: one API, reached through its hostnames and stages.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[allow(
-    clippy::duplicated_attributes,
-    reason = "printcolumn(...) repeats its keys by design"
-)]
+#[allow(clippy::duplicated_attributes, reason = "printcolumn(...) repeats its keys by design")]
 #[kube(
     group = "tollgate.dev",
     version = "v1alpha1",

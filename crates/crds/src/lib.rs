@@ -75,20 +75,11 @@ const HEADER: &str = "# Generated from crates/crds (tollgate-crds); do not edit.
 /// The CustomResourceDefinitions of all kinds, in a fixed order: GatewayAPI, Route, Authorizer,
 /// UsagePlan, ServiceExport.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
-        GatewayAPI::crd(),
-        Route::crd(),
-        Authorizer::crd(),
-        UsagePlan::crd(),
-        ServiceExport::crd(),
-    ]
+    vec![GatewayAPI::crd(), Route::crd(), Authorizer::crd(), UsagePlan::crd(), ServiceExport::crd()]
 }
 
 /// One CRD as a YAML document (starting with a generated-file comment, no `---`).
-#[allow(
-    clippy::expect_used,
-    reason = "a CRD is plain data: string keys, no custom serializers"
-)]
+#[allow(clippy::expect_used, reason = "a CRD is plain data: string keys, no custom serializers")]
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
     let body = serde_yaml_ng::to_string(crd).expect("a CustomResourceDefinition serializes to YAML");
     format!("{HEADER}{body}")

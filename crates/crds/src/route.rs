@@ -17,10 +17,7 @@ pub use integration::{Integration, IntegrationTarget, MockIntegration, Retries, 
 
 /// The specification of a `Route`: what it matches on which API, and how it is served.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[allow(
-    clippy::duplicated_attributes,
-    reason = "printcolumn(...) repeats its keys by design"
-)]
+#[allow(clippy::duplicated_attributes, reason = "printcolumn(...) repeats its keys by design")]
 #[kube(
     group = "tollgate.dev",
     version = "v1alpha1",
@@ -37,19 +34,9 @@ pub use integration::{Integration, IntegrationTarget, MockIntegration, Retries, 
     category = "tollgate",
     selectable = ".spec.apiRef.name",
     printcolumn(name = "API", type_ = "string", json_path = ".spec.apiRef.name"),
-    printcolumn(
-        name = "Methods",
-        type_ = "string",
-        json_path = ".spec.match.methods",
-        priority = 1
-    ),
+    printcolumn(name = "Methods", type_ = "string", json_path = ".spec.match.methods", priority = 1),
     printcolumn(name = "Path", type_ = "string", json_path = ".spec.match.path"),
-    printcolumn(
-        name = "Route Key",
-        type_ = "string",
-        json_path = ".spec.routeKey",
-        priority = 1
-    ),
+    printcolumn(name = "Route Key", type_ = "string", json_path = ".spec.routeKey", priority = 1),
     printcolumn(
         name = "Accepted",
         type_ = "string",
@@ -85,10 +72,7 @@ pub struct RouteSpec {
     /// authorization runs here), `$disconnect`, `$default` (messages no other key matches) or a
     /// custom key compared with the API's routeSelectionExpression. Ignored on HTTP APIs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^(\$connect|\$disconnect|\$default|[^$].*)$")
-    )]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^(\$connect|\$disconnect|\$default|[^$].*)$"))]
     pub route_key: Option<String>,
 
     /// What serves matched requests: exactly one of service, serviceExport, url or mock.
@@ -352,10 +336,6 @@ impl Route {
     /// Namespace of the GatewayAPI this Route attaches to: `apiRef.namespace`, or else the
     /// Route's own namespace (`None` only for an object without a namespace).
     pub fn api_namespace(&self) -> Option<&str> {
-        self.spec
-            .api_ref
-            .namespace
-            .as_deref()
-            .or(self.metadata.namespace.as_deref())
+        self.spec.api_ref.namespace.as_deref().or(self.metadata.namespace.as_deref())
     }
 }

@@ -9,10 +9,7 @@ use crate::common::{Condition, Duration, HOSTNAME_PATTERN, LocalRef, OneOfError,
 /// The specification of a `ServiceExport`: exactly one of service or external, and who may use
 /// it.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[allow(
-    clippy::duplicated_attributes,
-    reason = "printcolumn(...) repeats its keys by design"
-)]
+#[allow(clippy::duplicated_attributes, reason = "printcolumn(...) repeats its keys by design")]
 #[kube(
     group = "tollgate.dev",
     version = "v1alpha1",
@@ -27,12 +24,7 @@ use crate::common::{Condition, Duration, HOSTNAME_PATTERN, LocalRef, OneOfError,
     category = "tollgate",
     printcolumn(name = "Service", type_ = "string", json_path = ".spec.service.name"),
     printcolumn(name = "Port", type_ = "integer", json_path = ".spec.service.port"),
-    printcolumn(
-        name = "DNS Name",
-        type_ = "string",
-        json_path = ".spec.external.dnsName",
-        priority = 1
-    ),
+    printcolumn(name = "DNS Name", type_ = "string", json_path = ".spec.external.dnsName", priority = 1),
     printcolumn(
         name = "Accepted",
         type_ = "string",
@@ -96,10 +88,7 @@ pub struct ExportedService {
 pub struct ExternalBackend {
     /// Fixed endpoints as `IP:port` (`10.1.2.3:443`, `[2001:db8::1]:443`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(
-        length(max = 64),
-        inner(regex(pattern = r"^([0-9.]+|\[[0-9a-fA-F:.]+\]):[0-9]{1,5}$"))
-    )]
+    #[schemars(length(max = 64), inner(regex(pattern = r"^([0-9.]+|\[[0-9a-fA-F:.]+\]):[0-9]{1,5}$")))]
     pub addresses: Vec<String>,
 
     /// A DNS name resolved by the proxies; every address it resolves to is an endpoint.

@@ -10,10 +10,7 @@ use crate::common::{Condition, DNS_LABEL_PATTERN, LabelSelector, Throttle};
 
 /// The specification of a `UsagePlan`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[allow(
-    clippy::duplicated_attributes,
-    reason = "printcolumn(...) repeats its keys by design"
-)]
+#[allow(clippy::duplicated_attributes, reason = "printcolumn(...) repeats its keys by design")]
 #[kube(
     group = "tollgate.dev",
     version = "v1alpha1",
@@ -27,12 +24,7 @@ use crate::common::{Condition, DNS_LABEL_PATTERN, LabelSelector, Throttle};
     shortname = "tgplan",
     category = "tollgate",
     printcolumn(name = "Rate", type_ = "number", json_path = ".spec.throttle.rate"),
-    printcolumn(
-        name = "Burst",
-        type_ = "integer",
-        json_path = ".spec.throttle.burst",
-        priority = 1
-    ),
+    printcolumn(name = "Burst", type_ = "integer", json_path = ".spec.throttle.burst", priority = 1),
     printcolumn(name = "Quota", type_ = "integer", json_path = ".spec.quota.limit"),
     printcolumn(name = "Period", type_ = "string", json_path = ".spec.quota.period"),
     printcolumn(

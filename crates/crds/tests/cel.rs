@@ -18,13 +18,7 @@ fn object(kind: &str, spec: Value) -> Value {
 fn errors<K: CustomResourceExt>(spec: Value) -> Vec<String> {
     let crd = K::crd();
     let schema = serde_json::to_value(
-        crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .unwrap()
-            .open_api_v3_schema
-            .as_ref()
-            .unwrap(),
+        crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
     )
     .unwrap();
     match cel::Validator::new().validate(&schema, &object(&crd.spec.names.kind, spec), None) {
@@ -76,13 +70,7 @@ fn every_rule_compiles_has_a_message_and_fits_the_cost_budget() {
     let mut rules = Vec::new();
     for crd in crds() {
         let schema = serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .unwrap()
-                .open_api_v3_schema
-                .as_ref()
-                .unwrap(),
+            crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
         )
         .unwrap();
         walk(&cel::compile_schema(&schema), &crd.spec.names.kind, &mut rules);
@@ -97,10 +85,7 @@ fn route_integration_is_exactly_one_backend() {
     let base = |integration: Value| json!({"apiRef": {"name": "a"}, "match": {"path": "/"}, "integration": integration});
     assert_accepted::<Route>(base(json!({"url": "http://a"})));
     assert_rejected::<Route>(base(json!({"timeout": "1s"})), msg);
-    assert_rejected::<Route>(
-        base(json!({"url": "http://a", "service": {"name": "s", "port": 80}})),
-        msg,
-    );
+    assert_rejected::<Route>(base(json!({"url": "http://a", "service": {"name": "s", "port": 80}})), msg);
 }
 
 #[test]
@@ -124,9 +109,7 @@ fn authorization_type_none_stands_alone() {
     };
     let msg = "type None turns authorization off";
     assert_accepted::<Route>(base(json!({"type": "None"})));
-    assert_accepted::<Route>(base(
-        json!({"type": "Authorizer", "authorizerRef": {"name": "i"}}),
-    ));
+    assert_accepted::<Route>(base(json!({"type": "Authorizer", "authorizerRef": {"name": "i"}})));
     assert_rejected::<Route>(base(json!({"type": "None", "authorizerRef": {"name": "i"}})), msg);
     assert_rejected::<Route>(base(json!({"type": "None", "scopes": ["a"]})), msg);
 }
@@ -146,9 +129,7 @@ fn authorizer_is_exactly_one_mechanism() {
 fn jwt_has_at_most_one_key_source() {
     let jwt = |extra: Value| {
         let mut j = json!({"issuer": "https://i", "audiences": ["a"]});
-        j.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        j.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         json!({"jwt": j})
     };
     assert_accepted::<Authorizer>(jwt(json!({})));
@@ -213,10 +194,7 @@ fn allowed_routes_selector_goes_with_selector_mode() {
 fn cors_credentials_need_explicit_origins() {
     let msg = "allowCredentials: true cannot be combined with allowOrigins '*'";
     assert_accepted::<GatewayAPI>(json!({"cors": {"allowOrigins": ["*"], "allowCredentials": false}}));
-    assert_rejected::<GatewayAPI>(
-        json!({"cors": {"allowOrigins": ["*"], "allowCredentials": true}}),
-        msg,
-    );
+    assert_rejected::<GatewayAPI>(json!({"cors": {"allowOrigins": ["*"], "allowCredentials": true}}), msg);
 }
 
 #[test]

@@ -12,9 +12,7 @@ use serde_json::Value;
 use tollgate_crds::{Authorizer, GatewayAPI, Route, ServiceExport, UsagePlan};
 
 fn documents(file: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
@@ -54,9 +52,7 @@ fn no_new_fields(output: &Value, input: &Value, path: &str) {
         (Value::Object(out), Value::Object(inp)) => {
             for (k, v) in out {
                 let at = format!("{path}.{k}");
-                let original = inp
-                    .get(k)
-                    .unwrap_or_else(|| panic!("serializing added the field {at}"));
+                let original = inp.get(k).unwrap_or_else(|| panic!("serializing added the field {at}"));
                 no_new_fields(v, original, &at);
             }
         }
@@ -101,10 +97,7 @@ fn gateway_api_examples_round_trip() {
     let apis = round_trip::<GatewayAPI>("gatewayapi.yaml");
     let shop = &apis[0];
     assert_eq!(shop.spec.stages[0].canary.as_ref().unwrap().weight, 10.0);
-    assert_eq!(
-        shop.spec.limits.as_ref().unwrap().max_request_body_bytes,
-        Some(10_485_760)
-    );
+    assert_eq!(shop.spec.limits.as_ref().unwrap().max_request_body_bytes, Some(10_485_760));
     assert_eq!(shop.fleet(), "default");
     assert_eq!(apis[1].protocol(), tollgate_crds::Protocol::WebSocket);
     assert_eq!(apis[1].fleet(), "edge");
@@ -117,20 +110,10 @@ fn route_examples_round_trip() {
     let target = |i: usize| routes[i].spec.integration.as_ref().unwrap().target().unwrap();
     assert!(matches!(target(0), IntegrationTarget::Service(s) if s.port == 8080));
     assert!(matches!(target(1), IntegrationTarget::ServiceExport(e) if e.name == "orders"));
-    assert!(matches!(
-        target(2),
-        IntegrationTarget::Url("https://legacy.example/orders")
-    ));
+    assert!(matches!(target(2), IntegrationTarget::Url("https://legacy.example/orders")));
     assert!(matches!(target(3), IntegrationTarget::Mock(m) if m.status == Some(200)));
     assert_eq!(routes[0].api_namespace(), Some("shop"));
-    let retries = routes[0]
-        .spec
-        .integration
-        .as_ref()
-        .unwrap()
-        .retries
-        .as_ref()
-        .unwrap();
+    let retries = routes[0].spec.integration.as_ref().unwrap().retries.as_ref().unwrap();
     assert_eq!(retries.on, ["connect-failure", "503"]);
     assert!(routes[4].spec.integration.is_none());
 }
@@ -155,10 +138,7 @@ fn usage_plan_examples_round_trip() {
     let plans = round_trip::<UsagePlan>("usageplan.yaml");
     assert!(plans[0].api_stage("shop", "shop", "prod").is_some());
     assert!(plans[0].api_stage("other", "shop", "prod").is_none());
-    assert_eq!(
-        plans[0].spec.quota.as_ref().unwrap().period,
-        tollgate_crds::QuotaPeriod::Day
-    );
+    assert_eq!(plans[0].spec.quota.as_ref().unwrap().period, tollgate_crds::QuotaPeriod::Day);
 }
 
 #[test]
@@ -183,8 +163,5 @@ fn one_of_errors_name_the_choices() {
     .unwrap();
     let err = route.spec.integration.unwrap().target().unwrap_err();
     assert_eq!(err.found, 2);
-    assert_eq!(
-        err.to_string(),
-        "integration: set exactly one of service, serviceExport, url, mock; found 2"
-    );
+    assert_eq!(err.to_string(), "integration: set exactly one of service, serviceExport, url, mock; found 2");
 }

@@ -47,10 +47,7 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// Builds a key from a namespace and a name.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -90,10 +87,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_request_body_bytes: 10 * 1024 * 1024,
-            timeout: Millis(29_000),
-        }
+        Self { max_request_body_bytes: 10 * 1024 * 1024, timeout: Millis(29_000) }
     }
 }
 

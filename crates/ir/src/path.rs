@@ -123,10 +123,8 @@ fn push_canonical(out: &mut String, segment: &[u8], offset: usize) -> Result<(),
     while let Some(&byte) = segment.get(i) {
         let at = offset + i;
         if byte == b'%' {
-            let value = segment
-                .get(i + 1..i + 3)
-                .and_then(decode_hex_pair)
-                .ok_or(PathError::InvalidEscape { at })?;
+            let value =
+                segment.get(i + 1..i + 3).and_then(decode_hex_pair).ok_or(PathError::InvalidEscape { at })?;
             if value == 0 {
                 return Err(PathError::EncodedNul { at });
             }
@@ -213,10 +211,7 @@ const RAW_PCHAR: [bool; 256] = {
 /// RFC 3986 `pchar` minus `pct-encoded`: the bytes allowed raw inside a segment.
 const fn is_raw_pchar(byte: u8) -> bool {
     is_unreserved(byte)
-        || matches!(
-            byte,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-        )
+        || matches!(byte, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
         || matches!(byte, b':' | b'@')
 }
 
@@ -253,16 +248,7 @@ mod tests {
 
     #[test]
     fn canonical_paths_are_borrowed() {
-        for path in [
-            "/",
-            "/a",
-            "/a/",
-            "/a/b.c/~d",
-            "/a%2Fb",
-            "/x:y@z!$&'()*+,;=",
-            "/%C3%A9",
-            "/..a/.b",
-        ] {
+        for path in ["/", "/a", "/a/", "/a/b.c/~d", "/a%2Fb", "/x:y@z!$&'()*+,;=", "/%C3%A9", "/..a/.b"] {
             assert!(matches!(norm(path), Ok(Cow::Borrowed(p)) if p == path), "{path}");
         }
     }
@@ -305,14 +291,8 @@ mod tests {
         assert_eq!(norm("/a%4"), Err(PathError::InvalidEscape { at: 2 }));
         assert_eq!(norm("/b/%G1"), Err(PathError::InvalidEscape { at: 3 }));
         assert_eq!(norm("/%00"), Err(PathError::EncodedNul { at: 1 }));
-        assert_eq!(
-            norm("/a\nb"),
-            Err(PathError::ControlCharacter { at: 2, byte: b'\n' })
-        );
-        assert_eq!(
-            norm("/\u{7f}"),
-            Err(PathError::ControlCharacter { at: 1, byte: 0x7F })
-        );
+        assert_eq!(norm("/a\nb"), Err(PathError::ControlCharacter { at: 2, byte: b'\n' }));
+        assert_eq!(norm("/\u{7f}"), Err(PathError::ControlCharacter { at: 1, byte: 0x7F }));
     }
 
     #[test]

@@ -122,9 +122,7 @@ pub enum TemplateError {
 impl PathTemplate {
     /// Parses and validates a template (see [`TemplateError`] for what is rejected).
     pub fn parse(template: &str) -> Result<Self, TemplateError> {
-        let body = template
-            .strip_prefix('/')
-            .ok_or(TemplateError::MissingLeadingSlash)?;
+        let body = template.strip_prefix('/').ok_or(TemplateError::MissingLeadingSlash)?;
         if let Some((at, ch)) = template.char_indices().find(|&(_, c)| c == '?' || c == '#') {
             return Err(TemplateError::QueryOrFragment { at, ch });
         }
@@ -147,10 +145,7 @@ impl PathTemplate {
             let segment = match parse_param(text, at)? {
                 Some((name, greedy)) => {
                     if names.contains(&name) {
-                        return Err(TemplateError::DuplicateParam {
-                            at,
-                            name: name.to_owned(),
-                        });
+                        return Err(TemplateError::DuplicateParam { at, name: name.to_owned() });
                     }
                     names.push(name);
                     if greedy {
@@ -172,9 +167,7 @@ impl PathTemplate {
             segments.push(segment);
             at += text.len() + 1;
         }
-        Ok(Self {
-            segments: segments.into(),
-        })
+        Ok(Self { segments: segments.into() })
     }
 
     /// The parameter names, in template order (the greedy one last).
@@ -195,15 +188,11 @@ impl PathTemplate {
     /// method and header set.
     pub fn same_shape(&self, other: &Self) -> bool {
         self.segments.len() == other.segments.len()
-            && self
-                .segments
-                .iter()
-                .zip(other.segments.iter())
-                .all(|pair| match pair {
-                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
-                    (Segment::Param(_), Segment::Param(_)) | (Segment::Greedy(_), Segment::Greedy(_)) => true,
-                    _ => false,
-                })
+            && self.segments.iter().zip(other.segments.iter()).all(|pair| match pair {
+                (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                (Segment::Param(_), Segment::Param(_)) | (Segment::Greedy(_), Segment::Greedy(_)) => true,
+                _ => false,
+            })
     }
 
     /// The template's segments, in order.
@@ -245,10 +234,7 @@ fn parse_param(text: &str, at: usize) -> Result<Option<(&str, bool)>, TemplateEr
     if name.is_empty() {
         return Err(TemplateError::EmptyParamName { at });
     }
-    if let Some((i, ch)) = name
-        .char_indices()
-        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
-    {
+    if let Some((i, ch)) = name.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_')) {
         return Err(TemplateError::InvalidParamName { at: at + 1 + i, ch });
     }
     Ok(Some((name, greedy)))
@@ -290,11 +276,7 @@ mod tests {
             ("/caf\u{e9}", "/caf%C3%A9"),
         ] {
             let template = PathTemplate::parse(input);
-            assert_eq!(
-                template.as_ref().map(ToString::to_string),
-                Ok(canonical.to_owned()),
-                "{input}"
-            );
+            assert_eq!(template.as_ref().map(ToString::to_string), Ok(canonical.to_owned()), "{input}");
             assert_eq!(PathTemplate::parse(canonical), template);
         }
     }
@@ -302,10 +284,7 @@ mod tests {
     #[test]
     fn segments_of_root_and_trailing_slash() {
         let root = PathTemplate::parse("/");
-        assert_eq!(
-            root.map(|t| t.segments.to_vec()),
-            Ok(vec![Segment::Literal("".into())])
-        );
+        assert_eq!(root.map(|t| t.segments.to_vec()), Ok(vec![Segment::Literal("".into())]));
         let trailing = PathTemplate::parse("/a/");
         assert_eq!(
             trailing.map(|t| t.segments.to_vec()),

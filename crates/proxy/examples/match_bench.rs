@@ -23,12 +23,7 @@ fn build(routes: usize) -> Result<RouteTable<usize>, Box<dyn Error>> {
         builder.insert(&[Method::GET], &template, vec![], i)?;
     }
     // Overlapping shapes that make the walk backtrack on some paths.
-    builder.insert(
-        &[Method::POST],
-        &PathTemplate::parse("/r0/items/new")?,
-        vec![],
-        routes,
-    )?;
+    builder.insert(&[Method::POST], &PathTemplate::parse("/r0/items/new")?, vec![], routes)?;
     builder.insert(&[], &PathTemplate::parse("/static/{file+}")?, vec![], routes + 1)?;
     Ok(builder.build())
 }
@@ -62,10 +57,7 @@ fn time(table: &RouteTable<usize>, method: &Method, paths: &[String]) -> (f64, u
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("{LOOKUPS} lookups per row, {PATHS} distinct paths per row");
-    println!(
-        "{:>7}  {:<34} {:>10} {:>8}",
-        "routes", "case", "ns/lookup", "found"
-    );
+    println!("{:>7}  {:<34} {:>10} {:>8}", "routes", "case", "ns/lookup", "found");
     for routes in [10, 1_000, 10_000] {
         let started = Instant::now();
         let table = build(routes)?;
@@ -74,23 +66,17 @@ fn main() -> Result<(), Box<dyn Error>> {
             (
                 "hit  GET /r{i}/items/{id}",
                 Method::GET,
-                spread(PATHS, routes)
-                    .map(|i| format!("/r{i}/items/{}", i * 31))
-                    .collect(),
+                spread(PATHS, routes).map(|i| format!("/r{i}/items/{}", i * 31)).collect(),
             ),
             (
                 "hit  HEAD (via GET)",
                 Method::HEAD,
-                spread(PATHS, routes)
-                    .map(|i| format!("/r{i}/items/{i}"))
-                    .collect(),
+                spread(PATHS, routes).map(|i| format!("/r{i}/items/{i}")).collect(),
             ),
             (
                 "hit  GET /static/{file+}",
                 Method::GET,
-                spread(PATHS, 1000)
-                    .map(|i| format!("/static/css/{i}.css"))
-                    .collect(),
+                spread(PATHS, 1000).map(|i| format!("/static/css/{i}.css")).collect(),
             ),
             (
                 "miss unknown first segment",
@@ -119,21 +105,14 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let canonical = "/r123/items/4567";
     let messy = "/r123//./items/%34567";
-    for (name, path) in [
-        ("normalize canonical (no copy)", canonical),
-        ("normalize messy (copy)", messy),
-    ] {
+    for (name, path) in [("normalize canonical (no copy)", canonical), ("normalize messy (copy)", messy)] {
         let start = Instant::now();
         let mut total = 0;
         for _ in 0..LOOKUPS {
             total += normalize_path(black_box(path)).map_or(0, |p| p.len());
         }
         let ns = start.elapsed().as_nanos() as f64 / LOOKUPS as f64;
-        println!(
-            "{:>7}  {name:<34} {ns:>10.1} {:>8}",
-            "-",
-            black_box(total) / LOOKUPS
-        );
+        println!("{:>7}  {name:<34} {ns:>10.1} {:>8}", "-", black_box(total) / LOOKUPS);
     }
     Ok(())
 }

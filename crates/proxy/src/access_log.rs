@@ -51,6 +51,12 @@ pub struct Record {
     pub bytes_sent: u64,
     /// The client's address.
     pub client_ip: String,
+    /// The authenticated caller, when there is one (never a token or key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The id of the API key used, when there is one (never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
     /// Why the gateway answered itself, when it did (`no_route`, `upstream_timeout`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
@@ -72,23 +78,14 @@ impl AccessLog {
             .spawn(move || write_lines(receiver, std::io::stdout().lock()));
         if let Err(error) = spawned {
             tracing::error!(%error, "could not start the access-log writer; access logging is off");
-            return AccessLog {
-                sender: None,
-                metrics,
-            };
+            return AccessLog { sender: None, metrics };
         }
-        AccessLog {
-            sender: Some(sender),
-            metrics,
-        }
+        AccessLog { sender: Some(sender), metrics }
     }
 
     /// Access logging off.
     pub fn disabled(metrics: Arc<Metrics>) -> AccessLog {
-        AccessLog {
-            sender: None,
-            metrics,
-        }
+        AccessLog { sender: None, metrics }
     }
 
     /// Whether lines are written at all.

@@ -56,25 +56,15 @@ fn admin_response<B>(
     request: &Request<B>,
 ) -> Response<ProxyBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n",
-            "text/plain",
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", "text/plain");
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain"),
         "/readyz" => match gateway.version() {
-            Some(version) => text(
-                StatusCode::OK,
-                format!("ready: config version {version}\n"),
-                "text/plain",
-            ),
-            None => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no configuration loaded\n",
-                "text/plain",
-            ),
+            Some(version) => text(StatusCode::OK, format!("ready: config version {version}\n"), "text/plain"),
+            None => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration loaded\n", "text/plain")
+            }
         },
         "/metrics" => {
             let mut body = gateway.metrics().render();
@@ -88,20 +78,15 @@ fn admin_response<B>(
             let body = serde_json::to_string_pretty(&*view).unwrap_or_default();
             text(StatusCode::OK, body, "application/json")
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz, /metrics, /config\n",
-            "text/plain",
-        ),
+        _ => {
+            text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics, /config\n", "text/plain")
+        }
     }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     response
 }

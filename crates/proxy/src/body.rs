@@ -11,9 +11,7 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body made of one chunk.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// An empty body.

@@ -109,25 +109,15 @@ mod tests {
         let response = ProxyError::NoRoute.into_response("abc");
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        assert_eq!(
-            json,
-            serde_json::json!({"message": "Not Found", "requestId": "abc"})
-        );
+        assert_eq!(json, serde_json::json!({"message": "Not Found", "requestId": "abc"}));
     }
 
     #[test]
     fn method_not_allowed_carries_allow() {
-        let response = ProxyError::MethodNotAllowed {
-            allow: HeaderValue::from_static("GET, HEAD"),
-        }
-        .into_response("x");
+        let response =
+            ProxyError::MethodNotAllowed { allow: HeaderValue::from_static("GET, HEAD") }.into_response("x");
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[header::ALLOW], "GET, HEAD");
     }

@@ -21,6 +21,7 @@ use tollgate_ir as ir;
 
 use crate::access_log::{AccessLog, Record};
 use crate::body::{ProxyBody, boxed, full};
+use crate::context::RequestContext;
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -64,9 +65,7 @@ impl Gateway {
     pub fn apply(&self, snapshot: &ir::Snapshot) {
         let runtime = Runtime::build(snapshot, &self.metrics);
         self.runtime.store(Some(Arc::new(runtime)));
-        self.metrics
-            .config_version
-            .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+        self.metrics.config_version.set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
     }
 
     /// Publishes the document served at the admin port's `/config` (already redacted).
@@ -108,14 +107,10 @@ impl Gateway {
             response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             return response;
         };
-        let mut record = self
-            .access_log
-            .enabled()
-            .then(|| Box::new(new_record(&request, &request_id, conn)));
+        let mut record = self.access_log.enabled().then(|| Box::new(new_record(&request, &request_id, conn)));
         let method = request.method().clone();
-        let (response, metrics, log) = self
-            .pipeline(&runtime, request, conn, &request_id, record.as_deref_mut())
-            .await;
+        let (response, metrics, log) =
+            self.pipeline(&runtime, request, conn, &request_id, record.as_deref_mut()).await;
         let status = response.status().as_u16();
         let (mut parts, body) = response.into_parts();
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
@@ -147,11 +142,7 @@ impl Gateway {
         let path = match normalize_path(parts.uri.path()) {
             Ok(path) => path.into_owned(),
             Err(error) => {
-                return (
-                    ProxyError::BadPath(error).into_response(id),
-                    Arc::clone(&runtime.unmatched),
-                    true,
-                );
+                return (ProxyError::BadPath(error).into_response(id), Arc::clone(&runtime.unmatched), true);
             }
         };
         let matched = match runtime.route(&host, &parts.method, &path, &parts.headers) {
@@ -167,11 +158,7 @@ impl Gateway {
                 );
             }
         };
-        let Matched {
-            policy,
-            params,
-            stage_path,
-        } = matched;
+        let Matched { policy, params, stage_path } = matched;
         let metrics = Arc::clone(&policy.metrics);
         let log = policy.access_log;
         let mut record = record;
@@ -182,10 +169,17 @@ impl Gateway {
             record.path = path.clone();
         }
         if content_length(&parts.headers).is_some_and(|len| len > policy.max_body) {
-            let error = ProxyError::PayloadTooLarge {
-                limit: policy.max_body,
-            };
+            let error = ProxyError::PayloadTooLarge { limit: policy.max_body };
             return (fail(error, id, record), metrics, log);
+        }
+        let context = RequestContext::default();
+        // Phases 5–13 run here, in this order (DESIGN.md, "The request pipeline"): resource
+        // policy, CORS preflight, API and stage throttles, authorization, API key and usage
+        // plan, route throttle, request validation, cache lookup, request transforms. Each may
+        // answer early through `fail(...)` and fills `context` for the phases after it.
+        if let Some(record) = record.as_deref_mut() {
+            record.principal = context.principal.clone();
+            record.api_key_id = context.api_key_id.clone();
         }
         let (backend, rewrite, prefix) = match &policy.integration {
             IntegrationRuntime::Mock(mock) => {
@@ -194,11 +188,7 @@ impl Gateway {
                 *response.headers_mut() = mock.headers.clone();
                 return (response, metrics, log);
             }
-            IntegrationRuntime::Http {
-                backend,
-                path,
-                prefix,
-            } => (backend, path, prefix),
+            IntegrationRuntime::Http { backend, path, prefix } => (backend, path, prefix),
         };
         let mut upstream_path = String::with_capacity(prefix.len() + stage_path.len() + 64);
         upstream_path.push_str(prefix);
@@ -210,12 +200,11 @@ impl Gateway {
             upstream_path.push('?');
             upstream_path.push_str(query);
         }
-        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let client_host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         headers::remove_hop_by_hop(&mut parts.headers);
         let client = headers::ClientContext {
             client_ip: conn.remote.ip(),
@@ -233,11 +222,7 @@ impl Gateway {
             Ok(body) => body,
             Err(error) => return (fail(error, id, record), metrics, log),
         };
-        match self
-            .client
-            .send(policy, backend, parts, &upstream_path, body)
-            .await
-        {
+        match self.client.send(policy, backend, parts, &upstream_path, body).await {
             Ok(exchange) => {
                 metrics.observe_upstream(exchange.elapsed.as_secs_f64());
                 if let Some(record) = record {
@@ -263,9 +248,7 @@ fn fail(error: ProxyError, request_id: &str, record: Option<&mut Record>) -> Res
 fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: ConnInfo) -> Record {
     let now = time::OffsetDateTime::now_utc();
     Record {
-        time: now
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
+        time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         request_id: request_id.to_str().unwrap_or_default().to_string(),
         method: request.method().as_str().to_string(),
         host: request_host_of(request.headers(), request.uri()),
@@ -292,10 +275,8 @@ fn request_host(parts: &http::request::Parts) -> String {
 }
 
 fn request_host_of(headers: &http::HeaderMap, uri: &http::Uri) -> String {
-    let raw = uri
-        .host()
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or_default();
+    let raw =
+        uri.host().or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or_default();
     let without_port = match raw.rsplit_once(':') {
         // An IPv6 literal keeps its brackets; a port follows the closing bracket.
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => host,
@@ -312,15 +293,9 @@ mod tests {
     fn host_is_lowercased_without_port() {
         let mut h = http::HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("API.Example.com:8443"));
+        assert_eq!(request_host_of(&h, &http::Uri::from_static("/x")), "api.example.com");
         assert_eq!(
-            request_host_of(&h, &http::Uri::from_static("/x")),
-            "api.example.com"
-        );
-        assert_eq!(
-            request_host_of(
-                &http::HeaderMap::new(),
-                &http::Uri::from_static("https://h2.example/x")
-            ),
+            request_host_of(&http::HeaderMap::new(), &http::Uri::from_static("https://h2.example/x")),
             "h2.example"
         );
         h.insert(header::HOST, HeaderValue::from_static("[::1]:80"));

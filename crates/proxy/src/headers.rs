@@ -78,9 +78,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         let bytes = value.as_bytes();
         if !bytes.is_empty()
             && bytes.len() <= 128
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         {
             return value.clone();
         }
@@ -94,11 +92,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// gateway adds) or starts a new sampled one when the client sent none or an invalid one.
 pub fn propagate_traceparent(headers: &mut HeaderMap) {
     let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let next = match headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-    {
+    let next = match headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
         Some((trace_id, flags)) => format!("00-{trace_id}-{span}-{flags}"),
         None => {
             headers.remove(header::HeaderName::from_static("tracestate"));
@@ -115,9 +109,7 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let valid = version == "00"
         && parts.next().is_none()
@@ -163,11 +155,7 @@ mod tests {
     fn forwarded_for_appends_client_ip() {
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
         let host = HeaderValue::from_static("api.example");
-        let client = ClientContext {
-            client_ip: [127, 0, 0, 1].into(),
-            proto: "https",
-            host: Some(&host),
-        };
+        let client = ClientContext { client_ip: [127, 0, 0, 1].into(), proto: "https", host: Some(&host) };
         set_forwarded(&mut h, &client);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");

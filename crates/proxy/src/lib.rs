@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod context;
 pub mod error;
 pub mod gateway;
 pub mod headers;

@@ -18,9 +18,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// The methods that get their own label value; anything else is `OTHER`.
-const METHODS: [&str; 10] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER",
-];
+const METHODS: [&str; 10] =
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn method_index(method: &Method) -> usize {
@@ -91,16 +90,11 @@ impl Metrics {
             &["api", "stage", "route"],
         )?;
         let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "tollgate_upstream_errors_total",
-                "Upstream failures, by route and kind.",
-            ),
+            Opts::new("tollgate_upstream_errors_total", "Upstream failures, by route and kind."),
             &["api", "stage", "route", "kind"],
         )?;
-        let config_version = IntGauge::new(
-            "tollgate_config_version",
-            "Version of the configuration being served.",
-        )?;
+        let config_version =
+            IntGauge::new("tollgate_config_version", "Version of the configuration being served.")?;
         let config_errors = IntCounter::new(
             "tollgate_config_errors_total",
             "Configuration loads rejected; the last good configuration kept serving.",
@@ -170,9 +164,7 @@ impl RouteMetrics {
         let (m, s) = (method_index(method), status_class_index(status));
         let counter = self.counters[m][s].get_or_init(|| {
             let [api, stage, route] = &self.labels;
-            self.metrics
-                .requests
-                .with_label_values(&[api, stage, route, METHODS[m], STATUS_CLASSES[s]])
+            self.metrics.requests.with_label_values(&[api, stage, route, METHODS[m], STATUS_CLASSES[s]])
         });
         counter.inc();
         self.request_duration.observe(seconds);
@@ -186,10 +178,7 @@ impl RouteMetrics {
     /// Counts an upstream failure of the given kind (`connect`, `timeout`, ...).
     pub fn upstream_error(&self, kind: &str) {
         let [api, stage, route] = &self.labels;
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[api, stage, route, kind])
-            .inc();
+        self.metrics.upstream_errors.with_label_values(&[api, stage, route, kind]).inc();
     }
 }
 

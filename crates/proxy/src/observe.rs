@@ -31,8 +31,7 @@ pub struct Completion {
 impl Completion {
     fn finish(self, status: u16, bytes_sent: u64) {
         let elapsed = self.start.elapsed();
-        self.metrics
-            .observe_request(&self.method, status, elapsed.as_secs_f64());
+        self.metrics.observe_request(&self.method, status, elapsed.as_secs_f64());
         if let Some(mut record) = self.record {
             record.bytes_sent = bytes_sent;
             record.duration_ms = elapsed.as_secs_f64() * 1000.0;
@@ -64,12 +63,7 @@ pin_project_lite::pin_project! {
 impl Observed {
     /// Wraps `inner`; `done` runs when the body is dropped.
     pub fn new(inner: ProxyBody, status: u16, done: Completion) -> Observed {
-        Observed {
-            inner,
-            status,
-            bytes: 0,
-            done: Some(done),
-        }
+        Observed { inner, status, bytes: 0, done: Some(done) }
     }
 }
 

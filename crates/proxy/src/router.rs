@@ -140,10 +140,7 @@ impl<'a> Params<'a> {
 
     /// The `(name, value)` pairs, in template order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
-        self.names
-            .iter()
-            .map(|name| &**name)
-            .zip(self.values().iter().copied())
+        self.names.iter().map(|name| &**name).zip(self.values().iter().copied())
     }
 
     /// The number of parameters.
@@ -159,10 +156,7 @@ impl<'a> Params<'a> {
 
 impl Default for Params<'_> {
     fn default() -> Self {
-        Self {
-            names: &[],
-            values: Values::Inline([""; INLINE]),
-        }
+        Self { names: &[], values: Values::Inline([""; INLINE]) }
     }
 }
 

@@ -147,11 +147,7 @@ impl Runtime {
         for (index, api) in snapshot.apis.iter().enumerate() {
             let api_label = api.key.to_string();
             let mut names: Vec<&str> = api.hostnames.iter().map(String::as_str).collect();
-            names.extend(
-                api.stages
-                    .iter()
-                    .flat_map(|s| s.hostnames.iter().map(String::as_str)),
-            );
+            names.extend(api.stages.iter().flat_map(|s| s.hostnames.iter().map(String::as_str)));
             if api.hostnames.is_empty() && api.stages.iter().any(|s| s.hostnames.is_empty()) {
                 hosts.any.push(index);
             }
@@ -188,11 +184,7 @@ impl Runtime {
         path: &'a str,
         headers: &HeaderMap,
     ) -> Result<Matched<'a>, Unmatched<'a>> {
-        let no_route = |metrics, access_log| Unmatched {
-            error: ProxyError::NoRoute,
-            metrics,
-            access_log,
-        };
+        let no_route = |metrics, access_log| Unmatched { error: ProxyError::NoRoute, metrics, access_log };
         let Some(api) = self.hosts.lookup(host).and_then(|i| self.apis.get(i)) else {
             return Err(no_route(&self.unmatched, true));
         };
@@ -200,11 +192,7 @@ impl Runtime {
             return Err(no_route(&api.unmatched, true));
         };
         match stage.table.find(method, stage_path, headers) {
-            Match::Found { value, params } => Ok(Matched {
-                policy: value,
-                params,
-                stage_path,
-            }),
+            Match::Found { value, params } => Ok(Matched { policy: value, params, stage_path }),
             Match::MethodNotAllowed { allow } => Err(Unmatched {
                 error: match HeaderValue::from_str(allow) {
                     Ok(allow) => ProxyError::MethodNotAllowed { allow },
@@ -219,10 +207,7 @@ impl Runtime {
 
     /// The body limit of the API serving `host`, for requests answered before routing.
     pub fn max_body_for(&self, host: &str) -> Option<u64> {
-        self.hosts
-            .lookup(host)
-            .and_then(|i| self.apis.get(i))
-            .map(|a| a.max_body)
+        self.hosts.lookup(host).and_then(|i| self.apis.get(i)).map(|a| a.max_body)
     }
 }
 
@@ -244,19 +229,13 @@ fn build_stage(
                 continue;
             }
         };
-        let methods: Vec<Method> = route
-            .methods
-            .iter()
-            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-            .collect();
+        let methods: Vec<Method> =
+            route.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect();
         let headers: Vec<(HeaderName, HeaderValue)> = route
             .headers
             .iter()
             .filter_map(|h| {
-                Some((
-                    HeaderName::try_from(&h.name).ok()?,
-                    HeaderValue::try_from(&h.value).ok()?,
-                ))
+                Some((HeaderName::try_from(&h.name).ok()?, HeaderValue::try_from(&h.value).ok()?))
             })
             .collect();
         let integration = match &route.integration {
@@ -315,11 +294,8 @@ struct BackendKey {
 
 /// Routes that share a backend share its round-robin cursor.
 fn backend(b: &ir::Backend, cache: &mut HashMap<BackendKey, Arc<BackendRuntime>>) -> Arc<BackendRuntime> {
-    let key = BackendKey {
-        scheme: b.scheme,
-        endpoints: b.endpoints.clone(),
-        host_header: b.host_header.clone(),
-    };
+    let key =
+        BackendKey { scheme: b.scheme, endpoints: b.endpoints.clone(), host_header: b.host_header.clone() };
     let made = cache.entry(key).or_insert_with(|| {
         Arc::new(BackendRuntime {
             name: b.name.clone(),
@@ -327,15 +303,8 @@ fn backend(b: &ir::Backend, cache: &mut HashMap<BackendKey, Arc<BackendRuntime>>
                 ir::Scheme::Http => http::uri::Scheme::HTTP,
                 ir::Scheme::Https => http::uri::Scheme::HTTPS,
             },
-            endpoints: b
-                .endpoints
-                .iter()
-                .filter_map(|e| Authority::try_from(e.as_str()).ok())
-                .collect(),
-            host_header: b
-                .host_header
-                .as_deref()
-                .and_then(|h| HeaderValue::from_str(h).ok()),
+            endpoints: b.endpoints.iter().filter_map(|e| Authority::try_from(e.as_str()).ok()).collect(),
+            host_header: b.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
             next: AtomicUsize::new(0),
         })
     });
@@ -437,8 +406,7 @@ impl HostTable {
 
     fn finish(&mut self) {
         // Longest suffix first, so the first hit is the most specific.
-        self.wildcards
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
     }
 
     fn lookup(&self, host: &str) -> Option<usize> {

@@ -75,10 +75,7 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo {
-            remote,
-            tls: tls.is_some(),
-        };
+        let info = ConnInfo { remote, tls: tls.is_some() };
         let gateway = Arc::clone(&gateway);
         let service = service_fn(move |request| {
             let gateway = Arc::clone(&gateway);
@@ -88,9 +85,8 @@ pub async fn serve(
         let span = tracing::debug_span!("connection", %remote);
         match &tls {
             None => {
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let watched = graceful.watch(connection);
                 tokio::spawn(log_connection_end(watched).instrument(span));
             }
@@ -124,10 +120,7 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(listener = ?local, connections = graceful.count(), "draining");
-    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = ?local, "drain timeout expired; closing remaining connections");
     }
 }

@@ -70,19 +70,13 @@ pub struct Exchange {
 impl UpstreamClient {
     /// Builds the client.
     pub fn new(settings: &UpstreamSettings) -> Result<UpstreamClient, UpstreamSetupError> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         if let Some(pem) = &settings.extra_ca_pem {
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots
-                    .add(cert.map_err(UpstreamSetupError::CaPem)?)
-                    .map_err(UpstreamSetupError::Ca)?;
+                roots.add(cert.map_err(UpstreamSetupError::CaPem)?).map_err(UpstreamSetupError::Ca)?;
             }
         }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -119,9 +113,7 @@ impl UpstreamClient {
         let mut attempt = 0;
         loop {
             let Some(endpoint) = backend.pick() else {
-                return Err(ProxyError::NoEndpoints {
-                    backend: backend.name.clone(),
-                });
+                return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
             };
             let uri = Uri::builder()
                 .scheme(backend.scheme.clone())
@@ -140,10 +132,7 @@ impl UpstreamClient {
             let mut request = Request::from_parts(parts.clone(), this_body);
             *request.uri_mut() = uri;
             *request.version_mut() = http::Version::HTTP_11;
-            let host = backend
-                .host_header
-                .clone()
-                .or_else(|| parts.headers.get(header::HOST).cloned());
+            let host = backend.host_header.clone().or_else(|| parts.headers.get(header::HOST).cloned());
             if let Some(host) =
                 host.or_else(|| http::HeaderValue::from_str(parts.uri.authority()?.as_str()).ok())
             {
@@ -179,9 +168,7 @@ impl UpstreamClient {
                         policy.metrics.upstream_error("protocol");
                     }
                     if body_too_large(&error) {
-                        return Err(ProxyError::PayloadTooLarge {
-                            limit: policy.max_body,
-                        });
+                        return Err(ProxyError::PayloadTooLarge { limit: policy.max_body });
                     }
                     tracing::debug!(backend = %backend.name, %endpoint, error = %ErrorChain(&error), "upstream request failed");
                     return Err(ProxyError::Upstream);

@@ -58,16 +58,7 @@ fn trailing_slash_is_kept_and_significant() {
 
 #[test]
 fn canonical_input_is_not_copied() {
-    for path in [
-        "/",
-        "/orders/42",
-        "/a/b/",
-        "/a%2Fb",
-        "/%C3%A9",
-        "/...",
-        "/.a",
-        "/a..b",
-    ] {
+    for path in ["/", "/orders/42", "/a/b/", "/a%2Fb", "/%C3%A9", "/...", "/.a", "/a..b"] {
         assert!(matches!(normalize_path(path), Ok(Cow::Borrowed(_))), "{path}");
     }
 }
@@ -96,10 +87,7 @@ fn rejected_paths() {
 
 #[test]
 fn errors_read_well() {
-    assert_eq!(
-        PathError::InvalidEscape { at: 3 }.to_string(),
-        "invalid percent-escape at byte 3"
-    );
+    assert_eq!(PathError::InvalidEscape { at: 3 }.to_string(), "invalid percent-escape at byte 3");
     assert_eq!(PathError::NotAbsolute.to_string(), "path must start with '/'");
 }
 
@@ -114,11 +102,7 @@ fn tricky_path() -> impl Strategy<Value = String> {
 }
 
 fn arbitrary_path() -> impl Strategy<Value = String> {
-    prop_oneof![
-        tricky_path(),
-        any::<String>().prop_map(|s| format!("/{s}")),
-        "/[a-z./%2eE]{0,24}"
-    ]
+    prop_oneof![tricky_path(), any::<String>().prop_map(|s| format!("/{s}")), "/[a-z./%2eE]{0,24}"]
 }
 
 /// Checks every invariant of a normalized path.
@@ -128,18 +112,11 @@ fn assert_canonical(out: &str) {
     for bad in ["//", "/./", "/../"] {
         assert!(!out.contains(bad), "{out:?} contains {bad:?}");
     }
-    assert!(
-        !out.ends_with("/.") && !out.ends_with("/.."),
-        "{out:?} ends in a dot segment"
-    );
+    assert!(!out.ends_with("/.") && !out.ends_with("/.."), "{out:?} ends in a dot segment");
     let bytes = out.as_bytes();
     for (i, _) in out.match_indices('%') {
         let hex = &bytes[i + 1..i + 3];
-        assert!(
-            hex.iter()
-                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b)),
-            "{out:?}"
-        );
+        assert!(hex.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b)), "{out:?}");
         let value = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
         assert!(value != 0, "{out:?} keeps %00");
         assert!(
@@ -147,10 +124,7 @@ fn assert_canonical(out: &str) {
             "{out:?} keeps an unreserved character encoded"
         );
     }
-    assert!(
-        !bytes.iter().any(|b| b.is_ascii_control()),
-        "{out:?} has a control byte"
-    );
+    assert!(!bytes.iter().any(|b| b.is_ascii_control()), "{out:?} has a control byte");
 }
 
 /// Percent-encodes the unreserved characters at the chosen positions, in mixed case.

@@ -19,10 +19,7 @@ fn table(specs: &[&str]) -> RouteTable<usize> {
         let headers = words
             .map(|h| {
                 let (n, v) = h.split_once('=').unwrap();
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
+                (HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap())
             })
             .collect();
         builder.insert(&methods, &template, headers, i).unwrap();
@@ -38,10 +35,7 @@ fn lookup(table: &RouteTable<usize>, request: &str) -> String {
     let mut headers = HeaderMap::new();
     for h in words {
         let (n, v) = h.split_once('=').unwrap();
-        headers.append(
-            HeaderName::from_bytes(n.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
+        headers.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
     }
     match table.find(&method, path, &headers) {
         Match::Found { value, params } => {
@@ -59,24 +53,14 @@ fn lookup(table: &RouteTable<usize>, request: &str) -> String {
 fn check(specs: &[&str], cases: &[(&str, &str)]) {
     let table = table(specs);
     for (request, want) in cases {
-        assert_eq!(
-            lookup(&table, request),
-            *want,
-            "routes {specs:?}, request {request:?}"
-        );
+        assert_eq!(lookup(&table, request), *want, "routes {specs:?}, request {request:?}");
     }
 }
 
 #[test]
 fn literal_beats_param_beats_greedy() {
     check(
-        &[
-            "GET /a/{p+}",
-            "GET /a/{id}",
-            "GET /a/b",
-            "GET /{x}/b",
-            "GET /{all+}",
-        ],
+        &["GET /a/{p+}", "GET /a/{id}", "GET /a/b", "GET /{x}/b", "GET /{all+}"],
         &[
             ("GET /a/b", "#2"),
             ("GET /a/c", "#1 id=c"),
@@ -107,12 +91,7 @@ fn leftmost_segment_decides() {
 #[test]
 fn backtracking() {
     check(
-        &[
-            "GET /users/new/comments",
-            "GET /users/{id}/posts",
-            "GET /users/{id}/{rest+}",
-            "GET /{p+}",
-        ],
+        &["GET /users/new/comments", "GET /users/{id}/posts", "GET /users/{id}/{rest+}", "GET /{p+}"],
         &[
             ("GET /users/new/posts", "#1 id=new"),
             ("GET /users/new/comments", "#0"),
@@ -141,36 +120,20 @@ fn greedy_needs_at_least_one_character() {
 
 #[test]
 fn param_needs_a_non_empty_segment() {
-    check(
-        &["GET /a/{id}", "GET /{x}"],
-        &[("GET /a/", "404"), ("GET /a/x", "#0 id=x"), ("GET /", "404")],
-    );
+    check(&["GET /a/{id}", "GET /{x}"], &[("GET /a/", "404"), ("GET /a/x", "#0 id=x"), ("GET /", "404")]);
 }
 
 #[test]
 fn trailing_slash_is_significant() {
     check(
         &["GET /a", "GET /a/", "GET /b/{id}/"],
-        &[
-            ("GET /a", "#0"),
-            ("GET /a/", "#1"),
-            ("GET /b/7/", "#2 id=7"),
-            ("GET /b/7", "404"),
-        ],
+        &[("GET /a", "#0"), ("GET /a/", "#1"), ("GET /b/7/", "#2 id=7"), ("GET /b/7", "404")],
     );
 }
 
 #[test]
 fn root() {
-    check(
-        &["GET /"],
-        &[
-            ("GET /", "#0"),
-            ("GET /a", "404"),
-            ("HEAD /", "#0"),
-            ("POST /", "405 GET, HEAD"),
-        ],
-    );
+    check(&["GET /"], &[("GET /", "#0"), ("GET /a", "404"), ("HEAD /", "#0"), ("POST /", "405 GET, HEAD")]);
 }
 
 #[test]
@@ -205,16 +168,7 @@ fn method_mismatch_falls_back_to_less_specific_template() {
 #[test]
 fn head_is_answered_by_get_unless_something_more_specific_takes_it() {
     check(
-        &[
-            "GET /a/{id}",
-            "HEAD /a/b",
-            "* /c/d",
-            "GET /c/{x}",
-            "GET /e",
-            "* /e",
-            "GET /f",
-            "HEAD /f",
-        ],
+        &["GET /a/{id}", "HEAD /a/b", "* /c/d", "GET /c/{x}", "GET /e", "* /e", "GET /f", "HEAD /f"],
         &[
             ("HEAD /a/7", "#0 id=7"),
             ("HEAD /a/b", "#1"),
@@ -280,25 +234,14 @@ fn conditioned_routes_are_tried_before_unconditioned_regardless_of_order() {
 
 #[test]
 fn named_method_beats_any_method_even_with_fewer_headers() {
-    check(
-        &["* /a x-v=1", "GET /a"],
-        &[
-            ("GET /a x-v=1", "#1"),
-            ("POST /a x-v=1", "#0"),
-            ("POST /a", "404"),
-        ],
-    );
+    check(&["* /a x-v=1", "GET /a"], &[("GET /a x-v=1", "#1"), ("POST /a x-v=1", "#0"), ("POST /a", "404")]);
 }
 
 #[test]
 fn parameter_names_come_from_the_winning_route() {
     check(
         &["GET /a/{x}", "POST /a/{y}", "* /a/{z}"],
-        &[
-            ("GET /a/1", "#0 x=1"),
-            ("POST /a/1", "#1 y=1"),
-            ("PUT /a/1", "#2 z=1"),
-        ],
+        &[("GET /a/1", "#0 x=1"), ("POST /a/1", "#1 y=1"), ("PUT /a/1", "#2 z=1")],
     );
 }
 
@@ -306,9 +249,6 @@ fn parameter_names_come_from_the_winning_route() {
 fn values_are_the_normalized_path_slices() {
     check(
         &["GET /f/{name}/{rest+}"],
-        &[
-            ("GET /f/a%2Fb/c%20d/e/", "#0 name=a%2Fb rest=c%20d/e/"),
-            ("GET /f/x/%2F", "#0 name=x rest=%2F"),
-        ],
+        &[("GET /f/a%2Fb/c%20d/e/", "#0 name=a%2Fb rest=c%20d/e/"), ("GET /f/x/%2F", "#0 name=x rest=%2F")],
     );
 }

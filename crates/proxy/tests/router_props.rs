@@ -65,11 +65,7 @@ impl Spec {
         let template = PathTemplate::parse(&self.template()).unwrap();
         let names: Vec<&str> = template.params().collect();
         let mut values = Vec::new();
-        let segs: &[Seg] = if self.segs.is_empty() {
-            &[Seg::Lit("")]
-        } else {
-            &self.segs
-        };
+        let segs: &[Seg] = if self.segs.is_empty() { &[Seg::Lit("")] } else { &self.segs };
         for (i, seg) in segs.iter().enumerate() {
             match seg {
                 Seg::Lit(s) => (segments.get(i)? == s).then_some(())?,
@@ -116,21 +112,14 @@ fn reference(routes: &[(usize, Spec)], method: &str, path: &str, headers: &[(&st
             -(spec.header_set().len() as isize),
             *index,
         );
-        if best
-            .as_ref()
-            .is_none_or(|b| (&key.0, key.1, key.2, key.3) < (&b.0, b.1, b.2, b.3))
-        {
+        if best.as_ref().is_none_or(|b| (&key.0, key.1, key.2, key.3) < (&b.0, b.1, b.2, b.3)) {
             best = Some((key.0, key.1, key.2, key.3, params));
         }
     }
     if let Some((_, _, _, index, params)) = best {
         return render_found(index, params.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     }
-    let on_path: Vec<&Spec> = routes
-        .iter()
-        .map(|(_, s)| s)
-        .filter(|s| s.matches(path).is_some())
-        .collect();
+    let on_path: Vec<&Spec> = routes.iter().map(|(_, s)| s).filter(|s| s.matches(path).is_some()).collect();
     if on_path.is_empty() || on_path.iter().any(|s| s.method_rank(method).is_some()) {
         return "404".into();
     }
@@ -181,11 +170,7 @@ fn spec() -> impl Strategy<Value = Spec> {
 fn request_path() -> impl Strategy<Value = String> {
     let segment = prop::sample::select(vec!["a", "b", "c", "d", "%2F"]);
     (prop::collection::vec(segment, 0..5), any::<bool>()).prop_map(|(segs, trailing)| {
-        format!(
-            "/{}{}",
-            segs.join("/"),
-            if trailing && !segs.is_empty() { "/" } else { "" }
-        )
+        format!("/{}{}", segs.join("/"), if trailing && !segs.is_empty() { "/" } else { "" })
     })
 }
 

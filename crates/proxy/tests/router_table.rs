@@ -17,10 +17,7 @@ fn methods(list: &str) -> Vec<Method> {
 }
 
 fn h(name: &str, value: &str) -> (HeaderName, HeaderValue) {
-    (
-        HeaderName::from_bytes(name.as_bytes()).unwrap(),
-        HeaderValue::from_str(value).unwrap(),
-    )
+    (HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap())
 }
 
 fn find<'a>(table: &'a RouteTable<&'static str>, method: &str, path: &'a str) -> Match<'a, &'static str> {
@@ -37,42 +34,25 @@ fn allow<'a>(table: &'a RouteTable<&'static str>, method: &str, path: &'a str) -
 #[test]
 fn method_not_allowed_lists_every_method_of_the_path_sorted() {
     let mut b = RouteTableBuilder::new();
-    b.insert(&methods("POST,GET"), &t("/orders"), vec![], "orders")
-        .unwrap();
-    b.insert(&methods("DELETE"), &t("/orders/{id}"), vec![], "delete")
-        .unwrap();
-    b.insert(
-        &methods("PATCH,PUT"),
-        &t("/orders/{id}"),
-        vec![h("x-v", "1")],
-        "patch",
-    )
-    .unwrap();
-    b.insert(&methods("PURGE"), &t("/orders/{id}"), vec![], "purge")
-        .unwrap();
-    b.insert(&methods("HEAD"), &t("/orders/special"), vec![], "head")
-        .unwrap();
-    b.insert(&methods("GET"), &t("/orders/{id}/{rest+}"), vec![], "rest")
-        .unwrap();
+    b.insert(&methods("POST,GET"), &t("/orders"), vec![], "orders").unwrap();
+    b.insert(&methods("DELETE"), &t("/orders/{id}"), vec![], "delete").unwrap();
+    b.insert(&methods("PATCH,PUT"), &t("/orders/{id}"), vec![h("x-v", "1")], "patch").unwrap();
+    b.insert(&methods("PURGE"), &t("/orders/{id}"), vec![], "purge").unwrap();
+    b.insert(&methods("HEAD"), &t("/orders/special"), vec![], "head").unwrap();
+    b.insert(&methods("GET"), &t("/orders/{id}/{rest+}"), vec![], "rest").unwrap();
     let table = b.build();
     assert_eq!(allow(&table, "PUT", "/orders"), "GET, HEAD, POST");
     // Methods of header-conditioned routes are listed too: the path serves them.
     assert_eq!(allow(&table, "GET", "/orders/7"), "DELETE, PATCH, PURGE, PUT");
     // Two templates match /orders/special; HEAD is not doubled.
-    assert_eq!(
-        allow(&table, "GET", "/orders/special"),
-        "DELETE, HEAD, PATCH, PURGE, PUT"
-    );
+    assert_eq!(allow(&table, "GET", "/orders/special"), "DELETE, HEAD, PATCH, PURGE, PUT");
     assert_eq!(allow(&table, "POST", "/orders/7/x/y"), "GET, HEAD");
     // Unknown path: 404, not 405.
     assert_eq!(find(&table, "PUT", "/nothing"), Match::NotFound);
     // The method is served but the header condition fails: 404, not 405 naming it.
     assert_eq!(find(&table, "PUT", "/orders/7"), Match::NotFound);
     // HEAD on a GET path is not a 405.
-    assert!(matches!(
-        find(&table, "HEAD", "/orders"),
-        Match::Found { value: &"orders", .. }
-    ));
+    assert!(matches!(find(&table, "HEAD", "/orders"), Match::Found { value: &"orders", .. }));
 }
 
 #[test]
@@ -85,10 +65,7 @@ fn any_method_route_on_the_path_prevents_405() {
     assert_eq!(find(&table, "POST", "/a/b"), Match::NotFound);
     let mut headers = HeaderMap::new();
     headers.insert("x-v", HeaderValue::from_static("1"));
-    assert!(matches!(
-        table.find(&Method::POST, "/a/b", &headers),
-        Match::Found { value: &"any", .. }
-    ));
+    assert!(matches!(table.find(&Method::POST, "/a/b", &headers), Match::Found { value: &"any", .. }));
 }
 
 #[test]
@@ -99,18 +76,9 @@ fn head_fallback_and_explicit_head() {
     b.insert(&methods("HEAD"), &t("/b"), vec![], "head-b").unwrap();
     b.insert(&methods("POST"), &t("/c"), vec![], "post-c").unwrap();
     let table = b.build();
-    assert!(matches!(
-        find(&table, "HEAD", "/a"),
-        Match::Found { value: &"get-a", .. }
-    ));
-    assert!(matches!(
-        find(&table, "HEAD", "/b"),
-        Match::Found { value: &"head-b", .. }
-    ));
-    assert!(matches!(
-        find(&table, "GET", "/b"),
-        Match::Found { value: &"get-b", .. }
-    ));
+    assert!(matches!(find(&table, "HEAD", "/a"), Match::Found { value: &"get-a", .. }));
+    assert!(matches!(find(&table, "HEAD", "/b"), Match::Found { value: &"head-b", .. }));
+    assert!(matches!(find(&table, "GET", "/b"), Match::Found { value: &"get-b", .. }));
     assert_eq!(allow(&table, "HEAD", "/c"), "POST");
     assert_eq!(allow(&table, "PUT", "/b"), "GET, HEAD");
 }
@@ -118,75 +86,37 @@ fn head_fallback_and_explicit_head() {
 #[test]
 fn duplicates_are_refused_with_the_earlier_route() {
     let mut b = RouteTableBuilder::new();
-    b.insert(&methods("GET,POST"), &t("/a/{x}"), vec![], "first")
-        .unwrap();
-    b.insert(
-        &methods("GET"),
-        &t("/a/{x}"),
-        vec![h("x-v", "1"), h("x-w", "2")],
-        "with-headers",
-    )
-    .unwrap();
+    b.insert(&methods("GET,POST"), &t("/a/{x}"), vec![], "first").unwrap();
+    b.insert(&methods("GET"), &t("/a/{x}"), vec![h("x-v", "1"), h("x-w", "2")], "with-headers").unwrap();
     b.insert(&[], &t("/a/{x}"), vec![], "any").unwrap();
-    let err = b
-        .insert(&methods("PUT,POST"), &t("/a/{y}"), vec![], "dup")
-        .unwrap_err();
+    let err = b.insert(&methods("PUT,POST"), &t("/a/{y}"), vec![], "dup").unwrap_err();
     assert_eq!(
         err,
-        InsertError::Duplicate {
-            previous: 0,
-            method: Some(Method::POST),
-            template: "/a/{y}".into()
-        }
+        InsertError::Duplicate { previous: 0, method: Some(Method::POST), template: "/a/{y}".into() }
     );
-    assert_eq!(
-        err.to_string(),
-        "POST /a/{y} with the same header conditions duplicates route #0"
-    );
+    assert_eq!(err.to_string(), "POST /a/{y} with the same header conditions duplicates route #0");
     assert_eq!(b.get(0), Some(&"first"));
     // The refused route left nothing behind: PUT is still free.
     b.insert(&methods("PUT"), &t("/a/{z}"), vec![], "put").unwrap();
 
     // Same header set in another order, with a repeat: still a duplicate.
-    let err = b.insert(
-        &methods("GET"),
-        &t("/%61/{x}"),
-        vec![h("x-w", "2"), h("x-v", "1"), h("x-v", "1")],
-        "d",
-    );
-    assert!(
-        matches!(err, Err(InsertError::Duplicate { previous: 1, .. })),
-        "{err:?}"
-    );
+    let err =
+        b.insert(&methods("GET"), &t("/%61/{x}"), vec![h("x-w", "2"), h("x-v", "1"), h("x-v", "1")], "d");
+    assert!(matches!(err, Err(InsertError::Duplicate { previous: 1, .. })), "{err:?}");
     let err = b.insert(&[], &t("/a/{q}"), vec![], "any2").unwrap_err();
-    assert_eq!(
-        err,
-        InsertError::Duplicate {
-            previous: 2,
-            method: None,
-            template: "/a/{q}".into()
-        }
-    );
-    assert_eq!(
-        err.to_string(),
-        "any method /a/{q} with the same header conditions duplicates route #2"
-    );
+    assert_eq!(err, InsertError::Duplicate { previous: 2, method: None, template: "/a/{q}".into() });
+    assert_eq!(err.to_string(), "any method /a/{q} with the same header conditions duplicates route #2");
 
     // Not duplicates: another shape, another header set, method vs any-method.
     b.insert(&methods("GET"), &t("/a/{x}/"), vec![], "slash").unwrap();
-    b.insert(&methods("GET"), &t("/a/{x+}"), vec![], "greedy")
-        .unwrap();
+    b.insert(&methods("GET"), &t("/a/{x+}"), vec![], "greedy").unwrap();
     b.insert(&methods("GET"), &t("/a/b"), vec![], "literal").unwrap();
-    b.insert(&methods("GET"), &t("/a/{x}"), vec![h("x-v", "2")], "v2")
-        .unwrap();
+    b.insert(&methods("GET"), &t("/a/{x}"), vec![h("x-v", "2")], "v2").unwrap();
     b.insert(&methods("GET,GET"), &t("/c"), vec![], "twice").unwrap();
     assert_eq!(b.len(), 9);
     let table = b.build();
     assert_eq!(table.len(), 9);
-    assert!(matches!(
-        find(&table, "PUT", "/a/1"),
-        Match::Found { value: &"put", .. }
-    ));
+    assert!(matches!(find(&table, "PUT", "/a/1"), Match::Found { value: &"put", .. }));
 }
 
 #[test]
@@ -207,8 +137,7 @@ fn too_many_methods() {
 #[test]
 fn extension_methods_sort_with_the_rest() {
     let mut b = RouteTableBuilder::new();
-    b.insert(&methods("PROPFIND,GET,MKCOL"), &t("/dav/{p+}"), vec![], "dav")
-        .unwrap();
+    b.insert(&methods("PROPFIND,GET,MKCOL"), &t("/dav/{p+}"), vec![], "dav").unwrap();
     let table = b.build();
     assert_eq!(allow(&table, "DELETE", "/dav/x"), "GET, HEAD, MKCOL, PROPFIND");
     assert!(matches!(find(&table, "MKCOL", "/dav/x"), Match::Found { .. }));
@@ -240,18 +169,14 @@ fn params_accessors() {
     assert_eq!(params.get("user"), Some("ann"));
     assert_eq!(params.get("file"), Some("a/b.txt"));
     assert_eq!(params.get("nope"), None);
-    assert_eq!(
-        params.iter().collect::<Vec<_>>(),
-        [("user", "ann"), ("file", "a/b.txt")]
-    );
+    assert_eq!(params.iter().collect::<Vec<_>>(), [("user", "ann"), ("file", "a/b.txt")]);
 }
 
 #[test]
 fn ten_thousand_routes() {
     let mut b = RouteTableBuilder::new();
     for i in 0..10_000 {
-        b.insert(&methods("GET"), &t(&format!("/r{i}/items/{{id}}")), vec![], i)
-            .unwrap();
+        b.insert(&methods("GET"), &t(&format!("/r{i}/items/{{id}}")), vec![], i).unwrap();
     }
     let table = b.build();
     assert_eq!(table.len(), 10_000);
@@ -266,10 +191,7 @@ fn ten_thousand_routes() {
             other => panic!("{path}: {other:?}"),
         }
     }
-    assert_eq!(
-        table.find(&Method::GET, "/r10000/items/1", &none),
-        Match::NotFound
-    );
+    assert_eq!(table.find(&Method::GET, "/r10000/items/1", &none), Match::NotFound);
     assert_eq!(table.find(&Method::GET, "/r1/items", &none), Match::NotFound);
     assert_eq!(table.find(&Method::GET, "/r1/other/1", &none), Match::NotFound);
     assert_eq!(
@@ -307,10 +229,7 @@ fn literal_segments_of_every_length_and_near_misses() {
     }
     let table = b.build();
     for (path, want) in &paths {
-        assert!(
-            matches!(find(&table, "GET", path), Match::Found { value, .. } if value == want),
-            "{path}"
-        );
+        assert!(matches!(find(&table, "GET", path), Match::Found { value, .. } if value == want), "{path}");
         let (dir, last) = path.rsplit_once('/').unwrap();
         let near = format!("{dir}/{}", last.replace(['x', 'y'], "z"));
         assert_eq!(find(&table, "GET", &near), Match::NotFound, "{near}");

@@ -20,12 +20,7 @@ fn accepted_templates() {
         ("/orders/{id}/", "/orders/{id}/", &["id"], false),
         ("/files/{path+}", "/files/{path+}", &["path"], true),
         ("/{proxy+}", "/{proxy+}", &["proxy"], true),
-        (
-            "/a/{A_1}/b/{b2}/{rest+}",
-            "/a/{A_1}/b/{b2}/{rest+}",
-            &["A_1", "b2", "rest"],
-            true,
-        ),
+        ("/a/{A_1}/b/{b2}/{rest+}", "/a/{A_1}/b/{b2}/{rest+}", &["A_1", "b2", "rest"], true),
         ("/%7euser/%2f/caf\u{e9}", "/~user/%2F/caf%C3%A9", &[], false),
     ];
     for (input, display, params, greedy) in cases {
@@ -54,20 +49,8 @@ fn rejected_templates() {
         ("/x/{a.b}", InvalidParamName { at: 5, ch: '.' }),
         ("/{\u{e9}}", InvalidParamName { at: 2, ch: '\u{e9}' }),
         ("/{a++}", InvalidParamName { at: 3, ch: '+' }),
-        (
-            "/{id}/x/{id}",
-            DuplicateParam {
-                at: 8,
-                name: "id".into(),
-            },
-        ),
-        (
-            "/{id}/{id+}",
-            DuplicateParam {
-                at: 6,
-                name: "id".into(),
-            },
-        ),
+        ("/{id}/x/{id}", DuplicateParam { at: 8, name: "id".into() }),
+        ("/{id}/{id+}", DuplicateParam { at: 6, name: "id".into() }),
         ("/{p+}/x", GreedyNotLast { at: 1 }),
         ("/a/{p+}/", GreedyNotLast { at: 3 }),
         ("/a{id}", MixedSegment { at: 1 }),
@@ -79,27 +62,9 @@ fn rejected_templates() {
         ("/a/.", DotSegment { at: 3 }),
         ("/a/../b", DotSegment { at: 3 }),
         ("/%2e%2E/b", DotSegment { at: 1 }),
-        (
-            "/a/%zz",
-            InvalidLiteral {
-                at: 3,
-                source: PathError::InvalidEscape { at: 0 },
-            },
-        ),
-        (
-            "/a%00",
-            InvalidLiteral {
-                at: 1,
-                source: PathError::EncodedNul { at: 1 },
-            },
-        ),
-        (
-            "/a\tb",
-            InvalidLiteral {
-                at: 1,
-                source: PathError::ControlCharacter { at: 1, byte: b'\t' },
-            },
-        ),
+        ("/a/%zz", InvalidLiteral { at: 3, source: PathError::InvalidEscape { at: 0 } }),
+        ("/a%00", InvalidLiteral { at: 1, source: PathError::EncodedNul { at: 1 } }),
+        ("/a\tb", InvalidLiteral { at: 1, source: PathError::ControlCharacter { at: 1, byte: b'\t' } }),
     ];
     for (input, want) in cases {
         assert_eq!(parse(input), Err(want), "parse({input:?})");
@@ -111,20 +76,14 @@ fn too_many_segments() {
     let ok = "/a".repeat(MAX_SEGMENTS);
     assert!(parse(&ok).is_ok());
     let long = "/a".repeat(MAX_SEGMENTS + 1);
-    assert_eq!(
-        parse(&long),
-        Err(TemplateError::TooManySegments { max: MAX_SEGMENTS })
-    );
+    assert_eq!(parse(&long), Err(TemplateError::TooManySegments { max: MAX_SEGMENTS }));
 }
 
 #[test]
 fn error_messages_name_problem_and_position() {
     let message = |s: &str| parse(s).unwrap_err().to_string();
     assert_eq!(message("/a//b"), "empty segment at byte 3");
-    assert_eq!(
-        message("/{p+}/x"),
-        "greedy parameter at byte 1 must be the last segment"
-    );
+    assert_eq!(message("/{p+}/x"), "greedy parameter at byte 1 must be the last segment");
     assert_eq!(message("/{id}/{id}"), "duplicate parameter name \"id\" at byte 6");
     assert_eq!(
         message("/{a-b}"),

@@ -95,20 +95,11 @@ pub fn compile_apis<'a>(
         for (field, set) in [
             ("spec.cors", spec.cors.is_some()),
             ("spec.throttle", spec.throttle.is_some()),
-            (
-                "spec.routeSelectionExpression",
-                spec.route_selection_expression.is_some(),
-            ),
+            ("spec.routeSelectionExpression", spec.route_selection_expression.is_some()),
             ("spec.connectionsApi", spec.connections_api.is_some()),
         ] {
             if set {
-                d.warn(
-                    k,
-                    &key,
-                    NOT_YET,
-                    field,
-                    "accepted but not yet enforced by this version",
-                );
+                d.warn(k, &key, NOT_YET, field, "accepted but not yet enforced by this version");
             }
         }
 
@@ -228,12 +219,9 @@ fn compile_limits(api: &GatewayAPI, key: &ir::ObjectKey, d: &mut Diagnostics) ->
     if let Some(timeout) = &spec.timeout {
         match timeout.parse() {
             Ok(t) if !t.is_zero() => limits.timeout = t.into(),
-            Ok(_) => d.invalid(
-                Kind::GatewayAPI,
-                key,
-                "spec.limits.timeout",
-                "must be more than 0 (e.g. 29s)",
-            ),
+            Ok(_) => {
+                d.invalid(Kind::GatewayAPI, key, "spec.limits.timeout", "must be more than 0 (e.g. 29s)")
+            }
             Err(e) => d.invalid(Kind::GatewayAPI, key, "spec.limits.timeout", e.to_string()),
         }
     }
@@ -251,21 +239,11 @@ pub fn check_hostnames(
     for (i, name) in names.iter().enumerate() {
         let lower = name.to_ascii_lowercase();
         if let Err(message) = valid_hostname(&lower) {
-            d.invalid(
-                Kind::GatewayAPI,
-                key,
-                format!("{field}[{i}]"),
-                format!("{name:?} {message}"),
-            );
+            d.invalid(Kind::GatewayAPI, key, format!("{field}[{i}]"), format!("{name:?} {message}"));
             continue;
         }
         if out.contains(&lower) {
-            d.invalid(
-                Kind::GatewayAPI,
-                key,
-                format!("{field}[{i}]"),
-                format!("{name:?} is listed twice"),
-            );
+            d.invalid(Kind::GatewayAPI, key, format!("{field}[{i}]"), format!("{name:?} is listed twice"));
             continue;
         }
         out.push(lower);
@@ -285,8 +263,7 @@ fn valid_hostname(name: &str) -> Result<(), &'static str> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
@@ -304,12 +281,7 @@ fn check_stages(stages: &[Stage], key: &ir::ObjectKey, d: &mut Diagnostics) {
     for (i, stage) in stages.iter().enumerate() {
         let at = format!("spec.stages[{i}]");
         if !names.insert(stage.name.clone()) {
-            d.invalid(
-                k,
-                key,
-                format!("{at}.name"),
-                format!("stage {} is declared twice", stage.name),
-            );
+            d.invalid(k, key, format!("{at}.name"), format!("stage {} is declared twice", stage.name));
         }
         let hosts = check_hostnames(&stage.hostnames, &format!("{at}.hostnames"), key, d);
         if let Some(base) = &stage.base_path
@@ -317,12 +289,7 @@ fn check_stages(stages: &[Stage], key: &ir::ObjectKey, d: &mut Diagnostics) {
         {
             d.invalid(k, key, format!("{at}.basePath"), message);
         }
-        let base = stage
-            .base_path
-            .clone()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_string();
+        let base = stage.base_path.clone().unwrap_or_default().trim_end_matches('/').to_string();
         if !selectors.insert((hosts, base.clone())) {
             d.invalid(
                 k,
@@ -343,10 +310,7 @@ fn check_stages(stages: &[Stage], key: &ir::ObjectKey, d: &mut Diagnostics) {
         }
         for (field, set) in [
             ("throttle", stage.throttle.is_some()),
-            (
-                "cache",
-                stage.cache.as_ref().is_some_and(|c| c.enabled.unwrap_or(true)),
-            ),
+            ("cache", stage.cache.as_ref().is_some_and(|c| c.enabled.unwrap_or(true))),
             ("canary", stage.canary.is_some()),
         ] {
             if set {
@@ -390,9 +354,7 @@ fn check_base_path(base: &str) -> Result<(), String> {
             return Err(format!("{base:?} has an empty, . or .. segment"));
         }
         if segment.contains(['{', '}', '?', '#', '%']) {
-            return Err(format!(
-                "{base:?} must be literal text (no templates, query, fragment or escapes)"
-            ));
+            return Err(format!("{base:?} must be literal text (no templates, query, fragment or escapes)"));
         }
     }
     Ok(())

@@ -39,11 +39,7 @@ impl<'a> ServiceIndex<'a> {
             let Some(service) = slice.labels().get("kubernetes.io/service-name").cloned() else {
                 continue;
             };
-            index
-                .slices
-                .entry(ir::ObjectKey::new(key.namespace, service))
-                .or_default()
-                .push(&slice.object);
+            index.slices.entry(ir::ObjectKey::new(key.namespace, service)).or_default().push(&slice.object);
         }
         index
     }
@@ -63,9 +59,7 @@ impl<'a> ServiceIndex<'a> {
         let service_port = ports
             .iter()
             .find(|p| p.port == port)
-            .ok_or_else(|| ServiceError::NoSuchPort {
-                available: ports.iter().map(|p| p.port).collect(),
-            })?;
+            .ok_or_else(|| ServiceError::NoSuchPort { available: ports.iter().map(|p| p.port).collect() })?;
         let port_name = service_port.name.clone().unwrap_or_default();
         let mut endpoints = Vec::new();
         for slice in self.slices.get(&key).into_iter().flatten() {
@@ -96,21 +90,11 @@ impl<'a> ServiceIndex<'a> {
 }
 
 fn authority(address: &str, port: i32) -> String {
-    if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    }
+    if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") }
 }
 
 fn http_backend(name: String, endpoints: Vec<String>, host_header: Option<String>) -> ir::Backend {
-    ir::Backend {
-        name,
-        scheme: ir::Scheme::Http,
-        endpoints,
-        host_header,
-        tls_server_name: None,
-    }
+    ir::Backend { name, scheme: ir::Scheme::Http, endpoints, host_header, tls_server_name: None }
 }
 
 /// A parsed `integration.url`.
@@ -145,9 +129,8 @@ pub fn parse_url(url: &str) -> Result<UrlTarget, String> {
     if authority.contains('@') {
         return Err("must not contain credentials (user@host)".into());
     }
-    let parsed: http::uri::Authority = authority
-        .parse()
-        .map_err(|_| format!("host {authority:?} is not valid"))?;
+    let parsed: http::uri::Authority =
+        authority.parse().map_err(|_| format!("host {authority:?} is not valid"))?;
     let default_port = match scheme {
         ir::Scheme::Http => 80,
         ir::Scheme::Https => 443,

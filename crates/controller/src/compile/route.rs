@@ -46,15 +46,9 @@ pub fn compile_routes<'a>(
     inputs: &Inputs,
     d: &mut Diagnostics,
 ) -> Vec<RouteInfo<'a>> {
-    let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = inputs
-        .namespaces
-        .iter()
-        .map(|n| (n.key().name, n.labels()))
-        .collect();
-    routes
-        .iter()
-        .map(|object| compile_route(object, apis, &namespace_labels, d))
-        .collect()
+    let namespace_labels: BTreeMap<String, BTreeMap<String, String>> =
+        inputs.namespaces.iter().map(|n| (n.key().name, n.labels())).collect();
+    routes.iter().map(|object| compile_route(object, apis, &namespace_labels, d)).collect()
 }
 
 fn compile_route<'a>(
@@ -68,11 +62,7 @@ fn compile_route<'a>(
     let mut servable = true;
 
     // Attachment.
-    let api_ns = spec
-        .api_ref
-        .namespace
-        .clone()
-        .unwrap_or_else(|| key.namespace.clone());
+    let api_ns = spec.api_ref.namespace.clone().unwrap_or_else(|| key.namespace.clone());
     let api_key = ir::ObjectKey::new(api_ns, spec.api_ref.name.clone());
     let api = apis.iter().position(|a| a.key == api_key);
     match api.and_then(|i| apis.get(i)) {
@@ -176,10 +166,7 @@ fn compile_route<'a>(
                         "must be visible ASCII text",
                     );
                 } else {
-                    headers.push(ir::HeaderMatch {
-                        name,
-                        value: h.value.clone(),
-                    });
+                    headers.push(ir::HeaderMatch { name, value: h.value.clone() });
                 }
             }
             headers.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.value.cmp(&b.value)));
@@ -201,19 +188,11 @@ fn compile_route<'a>(
     let mut timeout = None;
     let mut retries = ir::Retries::default();
     match &spec.integration {
-        None => d.invalid(
-            K,
-            &key,
-            "spec.integration",
-            "set exactly one of service, serviceExport, url or mock",
-        ),
+        None => {
+            d.invalid(K, &key, "spec.integration", "set exactly one of service, serviceExport, url or mock")
+        }
         Some(i) => {
-            let set = [
-                i.service.is_some(),
-                i.service_export.is_some(),
-                i.url.is_some(),
-                i.mock.is_some(),
-            ];
+            let set = [i.service.is_some(), i.service_export.is_some(), i.url.is_some(), i.mock.is_some()];
             if set.iter().filter(|s| **s).count() != 1 {
                 d.invalid(
                     K,
@@ -237,10 +216,7 @@ fn compile_route<'a>(
                         format!("{:?} is not a valid Service name", s.name),
                     );
                 } else {
-                    target = Some(Target::Service {
-                        name: s.name.clone(),
-                        port: s.port,
-                    });
+                    target = Some(Target::Service { name: s.name.clone(), port: s.port });
                 }
             } else if i.service_export.is_some() {
                 d.unresolved(
@@ -279,12 +255,7 @@ fn compile_route<'a>(
             if let Some(t) = &i.timeout {
                 match t.parse() {
                     Ok(t) if !t.is_zero() => timeout = Some(t.into()),
-                    Ok(_) => d.invalid(
-                        K,
-                        &key,
-                        "spec.integration.timeout",
-                        "must be more than 0 (e.g. 5s)",
-                    ),
+                    Ok(_) => d.invalid(K, &key, "spec.integration.timeout", "must be more than 0 (e.g. 5s)"),
                     Err(e) => d.invalid(K, &key, "spec.integration.timeout", e.to_string()),
                 }
             }
@@ -355,13 +326,7 @@ fn compile_route<'a>(
         ("spec.transform", spec.transform.is_some()),
     ] {
         if set {
-            d.warn(
-                K,
-                &key,
-                reason::NOT_YET_ENFORCED,
-                field,
-                "accepted but not yet enforced by this version",
-            );
+            d.warn(K, &key, reason::NOT_YET_ENFORCED, field, "accepted but not yet enforced by this version");
         }
     }
 
@@ -392,18 +357,13 @@ fn authorization_none(route: &Object<Route>) -> bool {
 }
 
 fn method_name(m: &tollgate_crds::route::HttpMethod) -> String {
-    serde_json::to_value(m)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -442,11 +402,7 @@ fn compile_mock(
         }
         headers.insert(lower, value.clone());
     }
-    Some(ir::MockIntegration {
-        status,
-        headers,
-        body: mock.body.clone().unwrap_or_default(),
-    })
+    Some(ir::MockIntegration { status, headers, body: mock.body.clone().unwrap_or_default() })
 }
 
 /// An upstream path: starts with `/`, and every `{name}` / `${request.path.name}` names a
@@ -462,14 +418,9 @@ fn check_rewrite(path: &str, template: Option<&PathTemplate>) -> Result<(), Stri
     let mut rest = path;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("{path:?} has an unclosed {{"))?;
+        let close = after.find('}').ok_or_else(|| format!("{path:?} has an unclosed {{"))?;
         let inner = &after[..close];
-        let name = inner
-            .strip_prefix("request.path.")
-            .unwrap_or(inner)
-            .trim_end_matches('+');
+        let name = inner.strip_prefix("request.path.").unwrap_or(inner).trim_end_matches('+');
         if inner.contains("${") || (rest[..open].ends_with('$') && !inner.starts_with("request.path.")) {
             return Err(format!(
                 "{path:?}: only path parameters ({{name}} or ${{request.path.name}}) may appear here"
@@ -478,11 +429,7 @@ fn check_rewrite(path: &str, template: Option<&PathTemplate>) -> Result<(), Stri
         if !params.contains(&name) {
             return Err(format!(
                 "{path:?} uses {{{name}}}, which spec.match.path does not define (it defines: {})",
-                if params.is_empty() {
-                    "none".to_string()
-                } else {
-                    params.join(", ")
-                }
+                if params.is_empty() { "none".to_string() } else { params.join(", ") }
             ));
         }
         rest = &after[close + 1..];

@@ -38,10 +38,7 @@ pub fn validate(selector: &LabelSelector) -> Result<(), String> {
                 ));
             }
             "Exists" | "DoesNotExist" if has_values => {
-                return Err(format!(
-                    "matchExpressions[{i}]: operator {} takes no values",
-                    e.operator
-                ));
+                return Err(format!("matchExpressions[{i}]: operator {} takes no values", e.operator));
             }
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
             other => {
@@ -60,10 +57,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -77,10 +71,7 @@ mod tests {
             }]),
         };
         assert!(matches(&selector, &labels(&[("release", "v2")])));
-        assert!(!matches(
-            &selector,
-            &labels(&[("release", "v2"), ("tier", "internal")])
-        ));
+        assert!(!matches(&selector, &labels(&[("release", "v2"), ("tier", "internal")])));
         assert!(!matches(&selector, &labels(&[("release", "v1")])));
         assert!(matches(&LabelSelector::default(), &labels(&[])));
     }

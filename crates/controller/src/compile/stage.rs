@@ -40,10 +40,7 @@ pub fn compile_stages(
     } else {
         declared
     };
-    stages
-        .iter()
-        .map(|stage| compile_stage(api, stage, routes, services, d))
-        .collect()
+    stages.iter().map(|stage| compile_stage(api, stage, routes, services, d)).collect()
 }
 
 fn compile_stage(
@@ -53,11 +50,7 @@ fn compile_stage(
     services: &ServiceIndex<'_>,
     d: &mut Diagnostics,
 ) -> ir::Stage {
-    let base_path = stage
-        .base_path
-        .as_deref()
-        .map(|b| b.trim_end_matches('/'))
-        .filter(|b| !b.is_empty());
+    let base_path = stage.base_path.as_deref().map(|b| b.trim_end_matches('/')).filter(|b| !b.is_empty());
     let mut served: Vec<ir::Route> = Vec::new();
     // (shape, methods, headers) → the Route that claimed it first on this stage.
     let mut claims: Vec<(&RouteInfo<'_>, &ir::ObjectKey)> = Vec::new();
@@ -114,23 +107,13 @@ fn compile_stage(
 
 fn attaches_to(route: &RouteInfo<'_>, api: &ApiInfo<'_>) -> bool {
     route.object.spec.api_ref.name == api.key.name
-        && route
-            .object
-            .spec
-            .api_ref
-            .namespace
-            .as_deref()
-            .unwrap_or(&route.key.namespace)
-            == api.key.namespace
+        && route.object.spec.api_ref.namespace.as_deref().unwrap_or(&route.key.namespace) == api.key.namespace
 }
 
 /// The stable track: the stage's routeSelector when set; otherwise every Route the canary's
 /// selector does not take.
 fn selected(stage: &Stage, labels: &BTreeMap<String, String>) -> bool {
-    match (
-        &stage.route_selector,
-        stage.canary.as_ref().and_then(|c| c.route_selector.as_ref()),
-    ) {
+    match (&stage.route_selector, stage.canary.as_ref().and_then(|c| c.route_selector.as_ref())) {
         (Some(sel), _) => selector::matches(sel, labels),
         (None, Some(canary)) => !selector::matches(canary, labels),
         (None, None) => true,

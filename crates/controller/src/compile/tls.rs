@@ -26,13 +26,7 @@ pub fn resolve_certificates(
         let field = format!("spec.tls.certificateRefs[{i}]");
         let key = ir::ObjectKey::new(api.namespace.clone(), r.name.clone());
         let Some(secret) = secrets.get(&key) else {
-            d.unresolved(
-                Kind::GatewayAPI,
-                api,
-                reason::NOT_FOUND,
-                field,
-                format!("Secret {key} not found"),
-            );
+            d.unresolved(Kind::GatewayAPI, api, reason::NOT_FOUND, field, format!("Secret {key} not found"));
             continue;
         };
         if secret.type_.as_deref() != Some("kubernetes.io/tls") {

@@ -18,16 +18,12 @@ pub fn substitute(text: &str, variables: &BTreeMap<String, String>) -> Result<St
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| VariableError::Unsupported(rest[start..].to_string()))?;
+        let end = after.find('}').ok_or_else(|| VariableError::Unsupported(rest[start..].to_string()))?;
         let expression = &after[..end];
         let name = expression
             .strip_prefix("stageVariables.")
             .ok_or_else(|| VariableError::Unsupported(format!("${{{expression}}}")))?;
-        let value = variables
-            .get(name)
-            .ok_or_else(|| VariableError::Missing(name.to_string()))?;
+        let value = variables.get(name).ok_or_else(|| VariableError::Missing(name.to_string()))?;
         out.push_str(value);
         rest = &after[end + 1..];
     }
@@ -42,25 +38,10 @@ mod tests {
     #[test]
     fn substitutes_and_reports() {
         let vars: BTreeMap<String, String> = [("svc".to_string(), "orders-v2".to_string())].into();
-        assert_eq!(
-            substitute("${stageVariables.svc}", &vars),
-            Ok("orders-v2".to_string())
-        );
-        assert_eq!(
-            substitute("x-${stageVariables.svc}-y", &vars),
-            Ok("x-orders-v2-y".to_string())
-        );
-        assert_eq!(
-            substitute("${stageVariables.nope}", &vars),
-            Err(VariableError::Missing("nope".into()))
-        );
-        assert!(matches!(
-            substitute("${request.path.id}", &vars),
-            Err(VariableError::Unsupported(_))
-        ));
-        assert!(matches!(
-            substitute("${stageVariables.svc", &vars),
-            Err(VariableError::Unsupported(_))
-        ));
+        assert_eq!(substitute("${stageVariables.svc}", &vars), Ok("orders-v2".to_string()));
+        assert_eq!(substitute("x-${stageVariables.svc}-y", &vars), Ok("x-orders-v2-y".to_string()));
+        assert_eq!(substitute("${stageVariables.nope}", &vars), Err(VariableError::Missing("nope".into())));
+        assert!(matches!(substitute("${request.path.id}", &vars), Err(VariableError::Unsupported(_))));
+        assert!(matches!(substitute("${stageVariables.svc", &vars), Err(VariableError::Unsupported(_))));
     }
 }

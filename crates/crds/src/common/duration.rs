@@ -51,12 +51,8 @@ pub enum DurationError {
 }
 
 /// Nanoseconds per unit, longest unit names first so that `ms` wins over `m`.
-const UNITS: [(&str, u128); 4] = [
-    ("ms", 1_000_000),
-    ("h", 3_600_000_000_000),
-    ("m", 60_000_000_000),
-    ("s", 1_000_000_000),
-];
+const UNITS: [(&str, u128); 4] =
+    [("ms", 1_000_000), ("h", 3_600_000_000_000), ("m", 60_000_000_000), ("s", 1_000_000_000)];
 
 impl Duration {
     /// Wraps a duration string without checking it.
@@ -84,19 +80,14 @@ fn parse_duration(input: &str) -> Result<std::time::Duration, DurationError> {
     let bytes = input.as_bytes();
     let mut pos = 0;
     let mut total: u128 = 0;
-    let overflow = || DurationError::Overflow {
-        input: input.to_owned(),
-    };
+    let overflow = || DurationError::Overflow { input: input.to_owned() };
     while pos < bytes.len() {
         let int_start = pos;
         while pos < bytes.len() && bytes[pos].is_ascii_digit() {
             pos += 1;
         }
         if pos == int_start {
-            return Err(DurationError::ExpectedNumber {
-                input: input.to_owned(),
-                offset: pos,
-            });
+            return Err(DurationError::ExpectedNumber { input: input.to_owned(), offset: pos });
         }
         let int_digits = &input[int_start..pos];
         let mut frac_digits = "";
@@ -107,19 +98,13 @@ fn parse_duration(input: &str) -> Result<std::time::Duration, DurationError> {
                 pos += 1;
             }
             if pos == frac_start {
-                return Err(DurationError::ExpectedNumber {
-                    input: input.to_owned(),
-                    offset: pos,
-                });
+                return Err(DurationError::ExpectedNumber { input: input.to_owned(), offset: pos });
             }
             frac_digits = &input[frac_start..pos];
         }
         let rest = &input[pos..];
         let Some((unit, nanos_per_unit)) = UNITS.iter().find(|(name, _)| rest.starts_with(name)) else {
-            return Err(DurationError::ExpectedUnit {
-                input: input.to_owned(),
-                offset: pos,
-            });
+            return Err(DurationError::ExpectedUnit { input: input.to_owned(), offset: pos });
         };
         pos += unit.len();
 
@@ -130,9 +115,7 @@ fn parse_duration(input: &str) -> Result<std::time::Duration, DurationError> {
         if !frac.is_empty() {
             let numerator: u128 = frac.parse().map_err(|_| overflow())?;
             let scale = 10u128.pow(u32::try_from(frac.len()).map_err(|_| overflow())?);
-            nanos = nanos
-                .checked_add(numerator * nanos_per_unit / scale)
-                .ok_or_else(overflow)?;
+            nanos = nanos.checked_add(numerator * nanos_per_unit / scale).ok_or_else(overflow)?;
         }
         total = total.checked_add(nanos).ok_or_else(overflow)?;
     }
@@ -209,19 +192,11 @@ mod tests {
     #[test]
     fn rejects_bad_inputs() {
         assert_eq!(parse(""), Err(DurationError::Empty));
-        for bad in [
-            "5", "s", "5x", "-5s", "5 s", " 5s", "5s ", "1.s", ".5s", "5sec", "1h30", "1d", "5S",
-        ] {
+        for bad in ["5", "s", "5x", "-5s", "5 s", " 5s", "5s ", "1.s", ".5s", "5sec", "1h30", "1d", "5S"] {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }
-        assert!(matches!(
-            parse("5"),
-            Err(DurationError::ExpectedUnit { offset: 1, .. })
-        ));
-        assert!(matches!(
-            parse("ms"),
-            Err(DurationError::ExpectedNumber { offset: 0, .. })
-        ));
+        assert!(matches!(parse("5"), Err(DurationError::ExpectedUnit { offset: 1, .. })));
+        assert!(matches!(parse("ms"), Err(DurationError::ExpectedNumber { offset: 0, .. })));
     }
 
     #[test]
@@ -230,10 +205,7 @@ mod tests {
             parse("99999999999999999999999999999999999999999h"),
             Err(DurationError::Overflow { .. })
         ));
-        assert!(matches!(
-            parse("9999999999999999999h"),
-            Err(DurationError::Overflow { .. })
-        ));
+        assert!(matches!(parse("9999999999999999999h"), Err(DurationError::Overflow { .. })));
     }
 
     #[test]

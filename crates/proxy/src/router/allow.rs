@@ -24,10 +24,7 @@ pub(super) struct MethodBits {
 
 impl MethodBits {
     pub(super) fn bit(&self, method: &Method) -> Option<u32> {
-        self.methods
-            .iter()
-            .position(|m| m == method)
-            .and_then(|i| u32::try_from(i).ok())
+        self.methods.iter().position(|m| m == method).and_then(|i| u32::try_from(i).ok())
     }
 
     /// How many methods are numbered.
@@ -83,12 +80,8 @@ pub(super) struct AllowValues {
 
 impl AllowValues {
     pub(super) fn build(methods: &MethodBits, leaf_masks: impl IntoIterator<Item = MethodMask>) -> Self {
-        let base: Vec<MethodMask> = leaf_masks
-            .into_iter()
-            .filter(|&mask| mask != 0)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let base: Vec<MethodMask> =
+            leaf_masks.into_iter().filter(|&mask| mask != 0).collect::<HashSet<_>>().into_iter().collect();
         let mut closure: HashSet<MethodMask> = base.iter().copied().collect();
         let mut queue: Vec<MethodMask> = base.clone();
         'grow: while let Some(mask) = queue.pop() {

@@ -46,10 +46,7 @@ struct PendingLeaf {
 
 impl PendingLeaf {
     fn named(&self, bit: u32) -> &[u32] {
-        self.by_method
-            .iter()
-            .find(|(b, _)| *b == bit)
-            .map_or(&[], |(_, list)| list.as_slice())
+        self.by_method.iter().find(|(b, _)| *b == bit).map_or(&[], |(_, list)| list.as_slice())
     }
 }
 
@@ -103,10 +100,7 @@ impl<T> RouteTableBuilder<T> {
         let mut keys: Vec<(Option<u32>, Option<&Method>)> = if methods.is_empty() {
             vec![(None, None)]
         } else {
-            methods
-                .iter()
-                .map(|m| (Some(self.methods.bit_or_insert(m)), Some(m)))
-                .collect()
+            methods.iter().map(|m| (Some(self.methods.bit_or_insert(m)), Some(m))).collect()
         };
         keys.sort_unstable_by_key(|&(bit, _)| bit);
         keys.dedup_by_key(|&mut (bit, _)| bit);
@@ -121,9 +115,7 @@ impl<T> RouteTableBuilder<T> {
                     Some(bit) => leaf.named(bit),
                     None => &leaf.any,
                 };
-                let same = earlier
-                    .iter()
-                    .find(|&&r| self.routes[r as usize].headers[..] == headers[..]);
+                let same = earlier.iter().find(|&&r| self.routes[r as usize].headers[..] == headers[..]);
                 same.map(|&previous| (previous, method))
             })
             .min_by_key(|&(previous, _)| previous);
@@ -158,11 +150,7 @@ impl<T> RouteTableBuilder<T> {
             list.insert(at, index);
         }
         let params = template.params().map(Box::from).collect();
-        self.routes.push(Route {
-            value,
-            params,
-            headers: headers.into(),
-        });
+        self.routes.push(Route { value, params, headers: headers.into() });
         Ok(())
     }
 
@@ -197,10 +185,7 @@ impl<T> RouteTableBuilder<T> {
                 for (bit, list) in &pending.by_method {
                     candidates.extend(list.iter().map(|&route| Candidate { bit: *bit, route }));
                 }
-                candidates.extend(pending.any.iter().map(|&route| Candidate {
-                    bit: ANY_METHOD,
-                    route,
-                }));
+                candidates.extend(pending.any.iter().map(|&route| Candidate { bit: ANY_METHOD, route }));
                 Leaf {
                     mask: pending.mask,
                     any: !pending.any.is_empty(),

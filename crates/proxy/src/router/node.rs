@@ -79,18 +79,10 @@ impl SegmentKey {
     pub(super) fn new(segment: &str) -> Self {
         let bytes = segment.as_bytes();
         let len = bytes.len();
-        let word = |at: usize| {
-            bytes
-                .get(at..at + 8)
-                .and_then(|w| w.try_into().ok())
-                .map_or(0, u64::from_le_bytes)
-        };
-        let half = |at: usize| {
-            bytes
-                .get(at..at + 4)
-                .and_then(|w| w.try_into().ok())
-                .map_or(0, u32::from_le_bytes)
-        };
+        let word =
+            |at: usize| bytes.get(at..at + 8).and_then(|w| w.try_into().ok()).map_or(0, u64::from_le_bytes);
+        let half =
+            |at: usize| bytes.get(at..at + 4).and_then(|w| w.try_into().ok()).map_or(0, u32::from_le_bytes);
         let byte = |at: usize| bytes.get(at).copied().map_or(0, u64::from);
         // Overlapping reads: with the length, they determine every byte of a short segment.
         let (head, tail) = match len {
@@ -99,11 +91,7 @@ impl SegmentKey {
             1..4 => (byte(0) | (byte(len / 2) << 8) | (byte(len - 1) << 16), 0),
             0 => (0, 0),
         };
-        Self {
-            head,
-            tail,
-            len: u32::try_from(len).unwrap_or(u32::MAX),
-        }
+        Self { head, tail, len: u32::try_from(len).unwrap_or(u32::MAX) }
     }
 
     /// The hash of `segment` (which this key was read from). Multiply-based and not
@@ -128,13 +116,7 @@ impl SegmentKey {
     }
 
     fn child(self, hash: u64, node: NodeId) -> Child {
-        Child {
-            hash,
-            head: self.head,
-            tail: self.tail,
-            len: self.len,
-            node,
-        }
+        Child { hash, head: self.head, tail: self.tail, len: self.len, node }
     }
 }
 
@@ -212,12 +194,7 @@ impl Statics {
         }
         let capacity = (map.len() * 2).next_power_of_two();
         let mask = capacity - 1;
-        let free = SegmentKey {
-            head: 0,
-            tail: 0,
-            len: 0,
-        }
-        .child(0, EMPTY);
+        let free = SegmentKey { head: 0, tail: 0, len: 0 }.child(0, EMPTY);
         let mut slots = vec![free; capacity];
         let mut labels: Vec<Box<str>> = vec![Box::from(""); capacity];
         for (label, node) in map {
@@ -231,10 +208,7 @@ impl Statics {
             slots[i] = key.child(hash, node);
             labels[i] = label;
         }
-        Self::Many(Slots {
-            slots: slots.into(),
-            labels: labels.into(),
-        })
+        Self::Many(Slots { slots: slots.into(), labels: labels.into() })
     }
 }
 

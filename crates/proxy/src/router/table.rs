@@ -20,9 +20,7 @@ impl<T> Route<T> {
     /// Every condition holds when the request has that header with exactly that value
     /// (any one of its values, if repeated). Values are compared byte for byte.
     fn headers_match(&self, headers: &HeaderMap) -> bool {
-        self.headers
-            .iter()
-            .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+        self.headers.iter().all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
     }
 }
 
@@ -115,17 +113,12 @@ impl<T> RouteTable<T> {
             params: Params::default(),
         };
         if let Some(route) = self.walk(0, rest, None, &mut search) {
-            return Match::Found {
-                value: &route.value,
-                params: search.params,
-            };
+            return Match::Found { value: &route.value, params: search.params };
         }
         // 405 only when the path is served, but never for this method; if a route for this
         // method (or any method) matched the path and only its headers failed, it is a 404.
         if search.path_matched && !search.any_method && !search.method_matched {
-            return Match::MethodNotAllowed {
-                allow: self.allow.get(search.allowed),
-            };
+            return Match::MethodNotAllowed { allow: self.allow.get(search.allowed) };
         }
         Match::NotFound
     }
@@ -164,10 +157,7 @@ impl<T> RouteTable<T> {
         if let Some(child) = node.param
             && !segment.is_empty()
         {
-            let captured = Captured {
-                value: segment,
-                previous: captured,
-            };
+            let captured = Captured { value: segment, previous: captured };
             if let found @ Some(_) = self.descend(child, after, Some(&captured), search) {
                 return found;
             }
@@ -175,10 +165,7 @@ impl<T> RouteTable<T> {
         if let Some(leaf) = node.greedy
             && !rest.is_empty()
         {
-            let captured = Captured {
-                value: rest,
-                previous: captured,
-            };
+            let captured = Captured { value: rest, previous: captured };
             return self.try_leaf(leaf, Some(&captured), search);
         }
         None
@@ -211,10 +198,7 @@ impl<T> RouteTable<T> {
         let leaf = self.leaves.get(leaf as usize)?;
         let start = leaf.start as usize;
         let candidates = self.candidates.get(start..start + leaf.len as usize)?;
-        for wanted in [search.method, search.get_for_head, Some(ANY_METHOD)]
-            .into_iter()
-            .flatten()
-        {
+        for wanted in [search.method, search.get_for_head, Some(ANY_METHOD)].into_iter().flatten() {
             for candidate in candidates.iter().filter(|c| c.bit == wanted) {
                 let Some(route) = self.routes.get(candidate.route as usize) else {
                     continue;
@@ -227,9 +211,8 @@ impl<T> RouteTable<T> {
         }
         search.path_matched = true;
         search.any_method |= leaf.any;
-        search.method_matched |= candidates
-            .iter()
-            .any(|c| Some(c.bit) == search.method || Some(c.bit) == search.get_for_head);
+        search.method_matched |=
+            candidates.iter().any(|c| Some(c.bit) == search.method || Some(c.bit) == search.get_for_head);
         search.allowed |= leaf.mask;
         None
     }
