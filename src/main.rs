@@ -2,7 +2,9 @@
 //! crates together; the logic lives in `tollgate-controller` (load, compile, report) and
 //! `tollgate-proxy` (serve).
 
+mod controller;
 mod echo;
+mod proxy_cmd;
 mod standalone;
 mod validate;
 
@@ -12,6 +14,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+/// mimalloc: the proxy allocates and frees many small buffers per request; glibc's allocator
+/// showed up at several percent of CPU in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Tollgate: an API gateway for Kubernetes.
 #[derive(Parser, Debug)]
@@ -38,6 +45,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the operator: watch the Kubernetes API (or a folder), compile, write status (leader
+    /// only), and stream snapshots to the proxies that subscribe.
+    Controller(ControllerArgs),
+    /// Serve traffic with the configuration streamed by a controller.
+    Proxy(ProxyArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Run a small echo backend (answers every request with JSON describing it), for trying
@@ -71,6 +83,94 @@ struct StandaloneArgs {
     serve: ServeArgs,
 }
 
+#[derive(Args, Debug, Clone)]
+struct ControllerArgs {
+    /// Where proxies subscribe (HTTP/2 over TLS).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    serve: SocketAddr,
+    /// Admin listener: /healthz, /readyz, /metrics, /config.
+    #[arg(long, default_value = "127.0.0.1:9902")]
+    admin: SocketAddr,
+    /// Read objects from this folder instead of the Kubernetes API (no status writes, no leader
+    /// election; proxies authenticate with --proxy-token-file).
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// Namespaces to watch, comma-separated. Default: all.
+    #[arg(long, value_delimiter = ',', env = "TOLLGATE_NAMESPACES")]
+    namespaces: Vec<String>,
+    /// PEM certificate chain of the subscription server.
+    #[arg(long, env = "TOLLGATE_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// PEM private key of the subscription server.
+    #[arg(long, env = "TOLLGATE_TLS_KEY")]
+    tls_key: PathBuf,
+    /// File holding a shared bearer token proxies may present (at least 16 characters).
+    #[arg(long, env = "TOLLGATE_PROXY_TOKEN_FILE")]
+    proxy_token_file: Option<PathBuf>,
+    /// ServiceAccounts (NAMESPACE/NAME, comma-separated) whose projected tokens are accepted,
+    /// checked with a TokenReview.
+    #[arg(long, value_delimiter = ',', env = "TOLLGATE_PROXY_SERVICE_ACCOUNTS")]
+    proxy_service_accounts: Vec<String>,
+    /// Audience the proxies' projected tokens must be bound to.
+    #[arg(long, default_value = "tollgate-controller")]
+    proxy_token_audience: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "tollgate-controller")]
+    lease_name: String,
+    /// Namespace of the Lease. Default: the client's namespace (in a pod: its own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's name in the Lease and in Events. Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Quiet period before a rebuild.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    debounce: Duration,
+    /// Longest wait before a rebuild while changes keep coming.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    max_delay: Duration,
+    /// How often the --manifests folder is checked for changes.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    reload_interval: Duration,
+    /// Keepalive interval on idle subscriptions.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    keepalive: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ProxyArgs {
+    /// The controller's subscription URL (`https://HOST:PORT`).
+    #[arg(long, env = "TOLLGATE_CONTROLLER")]
+    controller: String,
+    /// The fleet whose APIs this proxy serves (GatewayAPI `spec.fleet`).
+    #[arg(long, default_value = "default", env = "TOLLGATE_FLEET")]
+    fleet: String,
+    /// PEM CA bundle the controller's certificate must chain to. Default: public web roots.
+    #[arg(long, env = "TOLLGATE_CONTROLLER_CA")]
+    controller_ca: Option<PathBuf>,
+    /// File with the bearer token presented to the controller (a projected ServiceAccount token
+    /// or the shared token); re-read on every connection.
+    #[arg(long, env = "TOLLGATE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// This proxy's name in the controller's logs and metrics. Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    name: Option<String>,
+    /// Reconnect when nothing arrived from the controller for this long (it sends keepalives).
+    #[arg(long, default_value = "45s", value_parser = parse_duration)]
+    controller_idle_timeout: Duration,
+    /// Plain HTTP listener (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN).
+    #[arg(long)]
+    listen_tls: Option<SocketAddr>,
+    /// Admin listener: /healthz, /readyz (ready after the first snapshot), /metrics, /config.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
 /// Settings shared by every process that serves traffic.
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
@@ -95,6 +195,14 @@ struct ServeArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// Redis for fleet-wide counters (`redis://host:6379/0`): `scope: global` throttles and
+    /// usage-plan quotas. Without it, throttles count per process and quotas live in
+    /// `--state-dir` (or in memory).
+    #[arg(long, env = "TOLLGATE_REDIS")]
+    redis: Option<String>,
+    /// Directory for durable local state (usage-plan quota counts) when no `--redis` is given.
+    #[arg(long, env = "TOLLGATE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -138,6 +246,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Controller(args) => run_async(None, controller::run(args)),
+        Command::Proxy(args) => {
+            let workers = args.serve.workers;
+            run_async(workers, proxy_cmd::run(args))
+        }
         Command::Standalone(args) => {
             let runtime = match build_tokio(args.serve.workers) {
                 Ok(runtime) => runtime,
@@ -153,6 +266,26 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn run_async(
+    workers: Option<usize>,
+    task: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let runtime = match build_tokio(workers) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tollgate: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tollgate: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -166,3 +166,36 @@ async fn request_bodies_stream_through() {
     assert_eq!(body["method"], "PUT");
     assert_eq!(body["body"].as_str().unwrap().len(), payload.len());
 }
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_the_trusted_cas() {
+    let pki = TestPki::new();
+    let (addr, _task) = tls_backend("secure", &pki).await;
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("p", "p"));
+    m.write(
+        "routes.yaml",
+        &route_yaml(
+            "p",
+            "secure",
+            "p",
+            &format!(
+                "  match: {{path: '/s/{{rest+}}'}}\n  integration: {{url: 'https://localhost:{}/base'}}\n",
+                addr.port()
+            ),
+        ),
+    );
+    let ca = m.write("ca.pem.txt", &pki.ca_pem);
+    let trusted = Tollgate::start_with(m.path(), &["--upstream-ca", ca.to_str().unwrap()]).await;
+    let r = client().get(trusted.url("/s/x")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["server"], "secure");
+    assert_eq!(body["path"], "/base/s/x");
+    assert_eq!(body["headers"]["host"], format!("localhost:{}", addr.port()));
+
+    // Without the private CA the upstream's certificate is not trusted: 502, never plaintext.
+    let untrusting = Tollgate::start(m.path()).await;
+    let r = client().get(untrusting.url("/s/x")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+}

@@ -385,6 +385,17 @@ impl TestPki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// (certificate PEM, private key PEM) of a client certificate with subject `CN=<cn>, O=<org>`.
+    pub fn client_leaf(&self, cn: &str, org: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, org);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A `kubernetes.io/tls` Secret manifest for `names`.
     pub fn secret_yaml(&self, namespace: &str, name: &str, names: &[&str]) -> String {
         let (cert, key) = self.leaf(names);
@@ -396,4 +407,41 @@ impl TestPki {
             indent(&key)
         )
     }
+}
+
+/// An HTTPS echo backend (same behaviour as [`Backend`]) with a certificate for `localhost` from
+/// `pki`.
+pub async fn tls_backend(name: &str, pki: &TestPki) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key) = pki.leaf(&["localhost"]);
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let name: Arc<str> = name.into();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            let name = Arc::clone(&name);
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let service = service_fn(move |req| answer(req, Arc::clone(&name), None));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
 }

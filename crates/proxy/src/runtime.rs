@@ -26,6 +26,8 @@ pub struct Runtime {
     apis: Vec<ApiRuntime>,
     /// TLS certificates by SNI.
     pub certs: CertTable,
+    /// Client certificate validation by SNI (mTLS).
+    pub mtls: crate::auth::mtls::MtlsTable,
     /// Metric handles for requests that matched no route.
     pub unmatched: Arc<RouteMetrics>,
 }
@@ -66,6 +68,10 @@ pub struct RoutePolicy {
     pub access_log: bool,
     /// Metric handles.
     pub metrics: Arc<RouteMetrics>,
+    /// Resource policy, mTLS and authorizer of the route (phases 5 and 8).
+    pub auth: crate::auth::RouteAuth,
+    /// Throttles, API keys and plans, cache, CORS, validation, transforms (phases 6, 7, 9–13, 15).
+    pub traffic: crate::traffic::RouteTraffic,
 }
 
 /// The resolved integration of a route.
@@ -103,6 +109,8 @@ pub struct BackendRuntime {
     pub endpoints: Vec<Authority>,
     /// Host header to send; `None`: keep the client's.
     pub host_header: Option<HeaderValue>,
+    /// Name to verify an HTTPS upstream's certificate against (default: the endpoint host).
+    pub server_name: Option<String>,
     next: AtomicUsize,
 }
 
@@ -140,7 +148,11 @@ pub struct Unmatched<'a> {
 impl Runtime {
     /// Builds the tables for a snapshot. Problems that compile should have caught (an unparsable
     /// template, a bad certificate) skip the item with a warning rather than fail the whole swap.
-    pub fn build(snapshot: &ir::Snapshot, metrics: &Arc<Metrics>) -> Runtime {
+    pub fn build(
+        snapshot: &ir::Snapshot,
+        metrics: &Arc<Metrics>,
+        traffic: &crate::traffic::TrafficState,
+    ) -> Runtime {
         let mut hosts = HostTable::default();
         let mut apis = Vec::with_capacity(snapshot.apis.len());
         let mut backends: HashMap<BackendKey, Arc<BackendRuntime>> = HashMap::new();
@@ -157,7 +169,7 @@ impl Runtime {
             let stages = api
                 .stages
                 .iter()
-                .map(|stage| build_stage(api, &api_label, stage, metrics, &mut backends))
+                .map(|stage| build_stage(api, &api_label, stage, metrics, &mut backends, traffic))
                 .collect();
             apis.push(ApiRuntime {
                 stages,
@@ -171,6 +183,7 @@ impl Runtime {
             hosts,
             apis,
             certs: CertTable::build(&snapshot.certificates),
+            mtls: crate::auth::mtls::MtlsTable::build(snapshot),
             unmatched: Arc::new(metrics.route("", "", "")),
         }
     }
@@ -217,10 +230,13 @@ fn build_stage(
     stage: &ir::Stage,
     metrics: &Arc<Metrics>,
     backends: &mut HashMap<BackendKey, Arc<BackendRuntime>>,
+    traffic: &crate::traffic::TrafficState,
 ) -> StageRuntime {
     let api_label: Arc<str> = api_label.into();
     let stage_label: Arc<str> = stage.name.as_str().into();
     let mut builder = RouteTableBuilder::new();
+    let auth = crate::auth::ApiAuthRuntime::build(api, metrics);
+    let stage_traffic = traffic.stage(api, stage);
     for route in &stage.routes {
         let template = match PathTemplate::parse(&route.path) {
             Ok(t) => t,
@@ -247,6 +263,8 @@ fn build_stage(
             },
         };
         let route_label: Arc<str> = route.key.to_string().into();
+        let route_traffic =
+            traffic.route(api, stage, route, &stage_traffic, [&api_label, &stage_label, &route_label]);
         let policy = Arc::new(RoutePolicy {
             metrics: Arc::new(metrics.route(&api_label, &stage_label, &route_label)),
             api: Arc::clone(&api_label),
@@ -257,6 +275,8 @@ fn build_stage(
             retries: route.retries.clone(),
             max_body: api.limits.max_request_body_bytes,
             access_log: stage.access_log,
+            auth: crate::auth::RouteAuth::new(&auth, route),
+            traffic: route_traffic,
         });
         if let Err(error) = builder.insert(&methods, &template, headers, policy) {
             tracing::warn!(route = %route.key, %error, "skipping duplicate route");
@@ -305,6 +325,7 @@ fn backend(b: &ir::Backend, cache: &mut HashMap<BackendKey, Arc<BackendRuntime>>
             },
             endpoints: b.endpoints.iter().filter_map(|e| Authority::try_from(e.as_str()).ok()).collect(),
             host_header: b.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+            server_name: b.tls_server_name.clone(),
             next: AtomicUsize::new(0),
         })
     });

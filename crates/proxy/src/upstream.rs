@@ -8,15 +8,16 @@ use bytes::Bytes;
 use http::{Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::body::{BoxError, ProxyBody, boxed};
 use crate::error::ProxyError;
 use crate::runtime::{BackendRuntime, RoutePolicy};
+
+mod pool;
+
+pub use pool::{Pool, PoolError, PoolSettings, PooledBody};
 
 /// Settings of the upstream client.
 #[derive(Clone, Debug)]
@@ -50,17 +51,17 @@ pub enum UpstreamSetupError {
     Ca(#[source] rustls::Error),
 }
 
-/// The process-wide pooled client. Pools are keyed by endpoint, so they survive configuration
-/// swaps untouched.
+/// The process-wide upstream client. Its pools are keyed by endpoint, so they survive
+/// configuration swaps untouched.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    pool: Pool,
 }
 
 /// A successful upstream exchange.
 pub struct Exchange {
     /// The upstream's response.
-    pub response: Response<Incoming>,
+    pub response: Response<PooledBody>,
     /// The endpoint that answered.
     pub endpoint: String,
     /// Time to the response head.
@@ -76,23 +77,14 @@ impl UpstreamClient {
                 roots.add(cert.map_err(UpstreamSetupError::CaPem)?).map_err(UpstreamSetupError::Ca)?;
             }
         }
-        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Ok(UpstreamClient { client })
+        let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let pool = Pool::new(PoolSettings {
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.idle_timeout,
+            tls: Arc::new(tls),
+        });
+        Ok(UpstreamClient { pool })
     }
 
     /// Sends `parts` (already rewritten: headers, path) with `body` to an endpoint of `backend`,
@@ -101,7 +93,7 @@ impl UpstreamClient {
         &self,
         policy: &RoutePolicy,
         backend: &BackendRuntime,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         path_and_query: &str,
         body: RequestBody,
     ) -> Result<Exchange, ProxyError> {
@@ -109,38 +101,36 @@ impl UpstreamClient {
         let deadline = tokio::time::Instant::now() + policy.timeout;
         let timeout_ms = u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX);
         let retries = &policy.retries;
+        parts.uri = Uri::try_from(path_and_query).map_err(|_| ProxyError::Internal)?;
+        // Endpoint authority and scheme travel separately: the request line stays origin-form.
+        parts.version = http::Version::HTTP_11;
+        if let Some(host) = &backend.host_header {
+            parts.headers.insert(header::HOST, host.clone());
+        }
         let mut body = Some(body);
+        let mut parts = Some(parts);
         let mut attempt = 0;
         loop {
             let Some(endpoint) = backend.pick() else {
                 return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
             };
-            let uri = Uri::builder()
-                .scheme(backend.scheme.clone())
-                .authority(endpoint.clone())
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(|_| ProxyError::Internal)?;
+            let can_retry = attempt < retries.attempts;
+            // The head is cloned only when another attempt may need it.
+            let this_parts = if can_retry { parts.clone() } else { parts.take() };
             let this_body = match body.take() {
-                Some(RequestBody::Buffered(bytes)) => {
+                Some(RequestBody::Buffered(bytes)) if can_retry => {
                     body = Some(RequestBody::Buffered(bytes.clone()));
                     full_body(bytes)
                 }
+                Some(RequestBody::Buffered(bytes)) => full_body(bytes),
                 Some(RequestBody::Streaming(stream)) => stream,
                 None => return Err(ProxyError::Internal),
             };
-            let mut request = Request::from_parts(parts.clone(), this_body);
-            *request.uri_mut() = uri;
-            *request.version_mut() = http::Version::HTTP_11;
-            let host = backend.host_header.clone().or_else(|| parts.headers.get(header::HOST).cloned());
-            if let Some(host) =
-                host.or_else(|| http::HeaderValue::from_str(parts.uri.authority()?.as_str()).ok())
-            {
-                request.headers_mut().insert(header::HOST, host);
-            }
-            let result = tokio::time::timeout_at(deadline, self.client.request(request)).await;
-            let can_retry = attempt < retries.attempts && body.is_some();
-            match result {
+            let Some(this_parts) = this_parts else { return Err(ProxyError::Internal) };
+            let request = Request::from_parts(this_parts, this_body);
+            let send = self.pool.send(&backend.scheme, endpoint, backend.server_name.as_deref(), request);
+            let can_retry = can_retry && body.is_some();
+            match tokio::time::timeout_at(deadline, send).await {
                 Err(_elapsed) => {
                     policy.metrics.upstream_error("timeout");
                     return Err(ProxyError::UpstreamTimeout { timeout_ms });
@@ -170,7 +160,7 @@ impl UpstreamClient {
                     if body_too_large(&error) {
                         return Err(ProxyError::PayloadTooLarge { limit: policy.max_body });
                     }
-                    tracing::debug!(backend = %backend.name, %endpoint, error = %ErrorChain(&error), "upstream request failed");
+                    tracing::debug!(backend = %backend.name, error = %ErrorChain(&error), "upstream request failed");
                     return Err(ProxyError::Upstream);
                 }
             }
@@ -235,6 +225,3 @@ impl std::fmt::Display for ErrorChain<'_> {
         Ok(())
     }
 }
-
-/// Shared handle type.
-pub type SharedClient = Arc<UpstreamClient>;
