@@ -17,19 +17,7 @@ use crate::{AccessLogTarget, StandaloneArgs};
 
 /// Runs until SIGTERM / SIGINT, then drains.
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
-    let metrics = Metrics::new().context("registering metrics")?;
-    let access_log = match args.serve.access_log {
-        AccessLogTarget::Stdout => AccessLog::stdout(Arc::clone(&metrics)),
-        AccessLogTarget::Off => AccessLog::disabled(Arc::clone(&metrics)),
-    };
-    let extra_ca_pem = match &args.serve.upstream_ca {
-        Some(path) => {
-            Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-        }
-        None => None,
-    };
-    let client = UpstreamClient::new(&UpstreamSettings { extra_ca_pem, ..UpstreamSettings::default() })?;
-    let gateway = Gateway::new(client, metrics, access_log);
+    let gateway = build_gateway(&args.serve)?;
 
     // The first load must succeed: there is no last good configuration to fall back to.
     let mut reloader = Reloader::new(args.manifests.clone(), Arc::clone(&gateway));
@@ -60,7 +48,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         ));
     }
     let admin_listener = bind(args.admin).await?;
-    tracing::info!(address = %args.admin, "serving admin (/healthz /readyz /metrics /config)");
+    tracing::info!(address = %args.admin, "serving admin (/healthz /readyz /metrics /config /usage)");
     tasks.spawn(admin::serve_admin(admin_listener, Arc::clone(&gateway), None, shutdown.clone()));
 
     let interval = args.serve.reload_interval;
@@ -80,15 +68,44 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     tracing::info!(drain = ?settings.drain_timeout, "shutting down: no new connections, finishing in-flight requests");
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
+    gateway.traffic().flush();
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+/// The data plane shared by standalone mode and `tollgate proxy`: metrics, access log, upstream
+/// client and traffic state, with no configuration yet.
+pub(crate) fn build_gateway(serve: &crate::ServeArgs) -> anyhow::Result<Arc<Gateway>> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let access_log = match serve.access_log {
+        AccessLogTarget::Stdout => AccessLog::stdout(Arc::clone(&metrics)),
+        AccessLogTarget::Off => AccessLog::disabled(Arc::clone(&metrics)),
+    };
+    let extra_ca_pem = match &serve.upstream_ca {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let client = UpstreamClient::new(&UpstreamSettings { extra_ca_pem, ..UpstreamSettings::default() })?;
+    let traffic_options = tollgate_proxy::traffic::TrafficOptions {
+        redis_url: serve.redis.clone(),
+        state_dir: serve.state_dir.clone(),
+    };
+    let traffic = tollgate_proxy::traffic::TrafficState::new(&traffic_options, &metrics)
+        .context("setting up traffic state")?;
+    if serve.redis.is_none() && serve.state_dir.is_none() {
+        tracing::info!("no --redis or --state-dir: usage-plan quota counts are kept in memory only");
+    }
+    let gateway = Gateway::with_traffic(client, metrics, access_log, traffic);
+    Ok(gateway)
+}
+
+pub(crate) async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("binding {address}"))
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -7,9 +7,22 @@
 mod support;
 
 mod admin;
+mod auth_attacks;
+mod auth_external;
+mod auth_jwt;
+mod auth_mtls;
+mod auth_policy;
+mod auth_sigv4;
+mod auth_support;
+mod distribution;
 mod lifecycle;
 mod limits;
 mod protocols;
 mod proxying;
+mod redis;
 mod routing;
+mod traffic_cache;
+mod traffic_http;
+mod traffic_plans;
+mod traffic_throttle;
 mod validate;

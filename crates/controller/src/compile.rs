@@ -8,16 +8,20 @@
 //! 2. Routes: validate match and integration, check the API allows the Route's namespace.
 //! 3. Stages: select each stage's Routes, substitute stage variables, resolve backends, reject
 //!    duplicates per stage.
-//! 4. Fields whose behaviour a later version brings are reported as `NotYetEnforced`; when
-//!    serving without them would open access (authorizers, API keys, resource policies, mTLS),
-//!    the object is not served at all (fail closed).
+//! 4. Authorization: Authorizers and their Secrets compile on their own; each Route's
+//!    authorization resolves to one of them (or to the API's defaultAuthorizer); a Route whose
+//!    authorizer does not resolve is not served (fail closed).
+//! 5. Fields whose behaviour a later version brings are reported as `NotYetEnforced`; when
+//!    serving without them would open access, the object is not served at all (fail closed).
 
 mod api;
+mod auth;
 mod backend;
 mod route;
 mod selector;
 mod stage;
 mod tls;
+mod traffic;
 mod variables;
 
 use std::collections::BTreeMap;
@@ -29,7 +33,7 @@ use crate::diagnostics::{Diagnostics, ObjectReport};
 use crate::inputs::{Inputs, Kind, Object};
 use crate::load::Loaded;
 
-pub use backend::{UrlTarget, parse_url};
+pub use backend::{ServiceError, ServiceIndex, UrlTarget, parse_url};
 pub use selector::matches as selector_matches;
 
 /// The output of a compile.
@@ -67,16 +71,20 @@ fn compile_with(inputs: &Inputs, extra: impl FnOnce(&mut Diagnostics)) -> Compil
         inputs.secrets.iter().map(|s| (s.key(), &s.object)).collect();
 
     let apis = api::compile_apis(&ordered(&inputs.gateway_apis), &secrets, &mut diagnostics);
-    let routes = route::compile_routes(&ordered(&inputs.routes), &apis, inputs, &mut diagnostics);
+    let authorizers = auth::compile_authorizers(&ordered(&inputs.authorizers), &secrets, &mut diagnostics);
+    let mut routes = route::compile_routes(&ordered(&inputs.routes), &apis, inputs, &mut diagnostics);
+    auth::resolve_routes(&mut routes, &apis, &authorizers, &mut diagnostics);
+    let traffic_inputs = traffic::TrafficInputs::new(inputs, &mut diagnostics);
     let mut snapshot_apis = Vec::new();
     let mut certificates = Vec::new();
     for api in &apis {
         if !api.serve {
             continue;
         }
-        let stages = stage::compile_stages(api, &routes, &services, &mut diagnostics);
+        let stages = stage::compile_stages(api, &routes, &services, &traffic_inputs, &mut diagnostics);
         diagnostics.programmed(Kind::GatewayAPI, &api.key, true);
         certificates.extend(api.certificates.iter().cloned());
+        let api_auth = auth::api_auth(api, &authorizers, &stages);
         snapshot_apis.push(ir::Api {
             key: api.key.clone(),
             generation: api.generation,
@@ -84,6 +92,8 @@ fn compile_with(inputs: &Inputs, extra: impl FnOnce(&mut Diagnostics)) -> Compil
             hostnames: api.hostnames.clone(),
             limits: api.limits.clone(),
             stages,
+            traffic: traffic::api_traffic(&api.key, api.object, &mut diagnostics),
+            auth: api_auth,
         });
     }
     for route in &routes {
@@ -110,25 +120,6 @@ fn track_all(inputs: &Inputs, d: &mut Diagnostics) {
     each(d, Kind::Authorizer, &inputs.authorizers);
     each(d, Kind::UsagePlan, &inputs.usage_plans);
     each(d, Kind::ServiceExport, &inputs.service_exports);
-    for a in &inputs.authorizers {
-        d.warn(
-            Kind::Authorizer,
-            &a.key(),
-            crate::diagnostics::reason::NOT_YET_ENFORCED,
-            "spec",
-            "Authorizers are not yet enforced by this version; Routes that use one are not served (fail closed)",
-        );
-    }
-    for p in &inputs.usage_plans {
-        d.warn(
-            Kind::UsagePlan,
-            &p.key(),
-            crate::diagnostics::reason::NOT_YET_ENFORCED,
-            "spec",
-            "usage plans (API keys, throttles, quotas) are not yet enforced by this version; Routes with \
-             apiKeyRequired are not served (fail closed)",
-        );
-    }
     for e in &inputs.service_exports {
         d.warn(
             Kind::ServiceExport,

@@ -44,6 +44,10 @@ pub mod reason {
     pub const NOT_YET_ENFORCED: &str = "NotYetEnforced";
     /// The object was not referenced by anything served.
     pub const UNUSED: &str = "Unused";
+    /// Served, but not every connected proxy of the fleet has applied it yet.
+    pub const PENDING: &str = "Pending";
+    /// Served, but no proxy of the fleet is connected.
+    pub const NO_PROXIES: &str = "NoProxies";
 }
 
 /// How bad a finding is.

@@ -7,13 +7,29 @@
 //!                                                       diagnostics) ──► status / validate / /config
 //! ```
 
+pub mod admin;
 pub mod compile;
+pub mod debounce;
 pub mod diagnostics;
+pub mod distribute;
 pub mod fingerprint;
 pub mod inputs;
+pub mod leader;
 pub mod load;
+pub mod metrics;
+pub mod publish;
+pub mod reconcile;
+pub mod source;
+pub mod status;
 pub mod view;
 
 pub use compile::{Compiled, compile};
+/// The kube client crate, for the binary that wires the controller.
+pub use kube;
 pub use diagnostics::ObjectReport;
 pub use inputs::{Inputs, Kind, Object};
+
+/// Resolves once a shutdown signal (a `watch` flipping to `true`) has fired, or its sender is gone.
+pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -18,6 +18,7 @@ pub fn config_view(snapshot: &ir::Snapshot, reports: &[ObjectReport], last_error
                 "fleet": api.fleet,
                 "hostnames": api.hostnames,
                 "limits": api.limits,
+                "auth": api.auth.view(),
                 "stages": api.stages.iter().map(|stage| json!({
                     "name": stage.name,
                     "hostnames": stage.hostnames,
@@ -63,5 +64,6 @@ fn route_view(route: &ir::Route) -> Value {
         "integration": integration,
         "timeoutMs": route.timeout,
         "retries": route.retries,
+        "authorization": route.auth,
     })
 }

@@ -135,6 +135,12 @@ pub struct ExternalAuthorizer {
     /// Time allowed for the service to answer. Default: `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+
+    /// Values of the service's answer `context` copied into request headers for the backend,
+    /// context key to header name (`{tenant: x-tenant-id}`). Incoming headers of those names
+    /// are removed first, so clients cannot forge them. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context_to_headers: BTreeMap<String, String>,
 }
 
 /// AWS Signature Version 4 verification.

@@ -64,6 +64,23 @@ pub struct Throttle {
     /// `global` (counted in Redis, so the whole fleet honours it). Default: `local`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<ThrottleScope>,
+    /// What a `global` throttle does while Redis cannot be reached: `Open` admits requests (the
+    /// failure is logged and counted in `tollgate_redis_failures_total`), `Closed` answers 503.
+    /// Ignored for `local` throttles. Default: `Open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+}
+
+/// What a limit counted in shared state does when that state cannot be reached.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+// No schema description: kube hoists it over the field's own doc (kubectl explain).
+#[schemars(description = "")]
+pub enum FailurePolicy {
+    /// Admit the request without counting it (availability first).
+    #[default]
+    Open,
+    /// Refuse the request with 503 (the limit first).
+    Closed,
 }
 
 /// Where a throttle is counted.

@@ -43,7 +43,8 @@ pub use authorizer::{
     SigV4Authorizer,
 };
 pub use common::{
-    Duration, DurationError, LabelSelector, LocalRef, NamespacedRef, OneOfError, Throttle, ThrottleScope,
+    Duration, DurationError, FailurePolicy, LabelSelector, LocalRef, NamespacedRef, OneOfError, Throttle,
+    ThrottleScope,
 };
 pub use gateway_api::{
     AccessLog, AllowedRoutes, Canary, CanaryAnalysis, CanaryForceHeader, CanaryPhase, CanaryStatus,

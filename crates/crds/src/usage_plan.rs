@@ -92,6 +92,12 @@ pub struct Quota {
 
     /// The period: `DAY`, `WEEK` (starting Monday) or `MONTH`, with boundaries at 00:00 UTC.
     pub period: QuotaPeriod,
+
+    /// What happens while the quota store (Redis, with `--redis`) cannot be reached: `Open`
+    /// admits requests without counting them (logged and counted in
+    /// `tollgate_redis_failures_total`), `Closed` answers 503. Default: `Open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<crate::common::FailurePolicy>,
 }
 
 /// The period of a quota.

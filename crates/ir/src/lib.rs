@@ -8,10 +8,13 @@
 //! endpoint addresses, Secrets are reduced to what the proxy needs (TLS material), and every name a
 //! proxy reports in metrics or logs is precomputed.
 
+pub mod auth;
+pub mod distribution;
 mod duration;
 pub mod path;
 pub mod path_template;
 mod secret;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 
@@ -73,6 +76,12 @@ pub struct Api {
     pub limits: Limits,
     /// Stages, in the order they are matched (see [`Stage`]).
     pub stages: Vec<Stage>,
+    /// API-wide throttle and CORS.
+    #[serde(default, skip_serializing_if = "traffic::ApiTraffic::is_empty")]
+    pub traffic: traffic::ApiTraffic,
+    /// Authorizers used by the API's routes, resource policy and mTLS.
+    #[serde(default, skip_serializing_if = "auth::ApiAuth::is_empty")]
+    pub auth: auth::ApiAuth,
 }
 
 /// Request limits of an API.
@@ -112,6 +121,9 @@ pub struct Stage {
     pub access_log: bool,
     /// The routes served on this stage (the stable track), sorted by route key.
     pub routes: Vec<Route>,
+    /// Stage throttle, response cache and the usage plans covering the stage.
+    #[serde(default, skip_serializing_if = "traffic::StageTraffic::is_empty")]
+    pub traffic: traffic::StageTraffic,
 }
 
 /// A compiled Route on one stage.
@@ -133,6 +145,12 @@ pub struct Route {
     pub timeout: Millis,
     /// Retry policy for the integration.
     pub retries: Retries,
+    /// API key requirement, throttle, cache, validation and transforms.
+    #[serde(default, skip_serializing_if = "traffic::RouteTraffic::is_empty")]
+    pub traffic: traffic::RouteTraffic,
+    /// Who may call the route.
+    #[serde(default, skip_serializing_if = "auth::RouteAuth::is_none")]
+    pub auth: auth::RouteAuth,
 }
 
 /// A header that must match for a route to apply.
@@ -183,6 +201,10 @@ pub struct Backend {
     pub host_header: Option<String>,
     /// Server name to verify for HTTPS upstreams (defaults to the endpoint host).
     pub tls_server_name: Option<String>,
+    /// The Service port the endpoints were resolved from (`None` for URLs and ExternalName
+    /// Services), so endpoint changes can travel without the rest of the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<distribution::ServiceRef>,
 }
 
 /// Upstream protocol.

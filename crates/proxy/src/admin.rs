@@ -39,9 +39,17 @@ pub async fn serve_admin(
         let gateway = Arc::clone(&gateway);
         let extra = extra.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let response = admin_response(&gateway, extra.as_ref(), &request);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let gateway = Arc::clone(&gateway);
+                let extra = extra.clone();
+                async move {
+                    let response = if request.uri().path() == "/usage" {
+                        usage_response(&gateway, request.uri().query()).await
+                    } else {
+                        admin_response(&gateway, extra.as_ref(), &request)
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -78,9 +86,26 @@ fn admin_response<B>(
             let body = serde_json::to_string_pretty(&*view).unwrap_or_default();
             text(StatusCode::OK, body, "application/json")
         }
-        _ => {
-            text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics, /config\n", "text/plain")
-        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz, /metrics, /config, /usage?plan=ns/name\n",
+            "text/plain",
+        ),
+    }
+}
+
+/// `/usage?plan=namespace/name`: each API key's quota use in the current period.
+async fn usage_response(gateway: &Gateway, query: Option<&str>) -> Response<ProxyBody> {
+    let Some(plan) = crate::traffic::query_value(query, "plan") else {
+        return text(StatusCode::BAD_REQUEST, "usage: give the plan as ?plan=namespace/name\n", "text/plain");
+    };
+    match gateway.traffic().usage(&plan).await {
+        Some(report) => text(
+            StatusCode::OK,
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+            "application/json",
+        ),
+        None => text(StatusCode::NOT_FOUND, format!("usage: no served UsagePlan {plan}\n"), "text/plain"),
     }
 }
 

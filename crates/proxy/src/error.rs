@@ -47,6 +47,9 @@ pub enum ProxyError {
     /// The gateway has not loaded a configuration yet.
     #[error("Service Unavailable: the gateway has no configuration yet")]
     NotReady,
+    /// Authorization refused the request (401, 403) or could not decide (500, 503).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// An internal error that must not happen; the message is generic on purpose.
     #[error("Internal Server Error")]
     Internal,
@@ -64,6 +67,7 @@ impl ProxyError {
             ProxyError::Upstream => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Auth(error) => error.status(),
         }
     }
 
@@ -80,6 +84,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::NotReady => "not_ready",
             ProxyError::Internal => "internal",
+            ProxyError::Auth(error) => error.reason(),
         }
     }
 
@@ -94,6 +99,10 @@ impl ProxyError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let ProxyError::MethodNotAllowed { allow } = self {
             headers.insert(header::ALLOW, allow);
+        } else if let ProxyError::Auth(error) = &self
+            && let Some(challenge) = error.www_authenticate()
+        {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -28,15 +28,17 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::normalize_path;
 use crate::observe::{Completion, Observed};
 use crate::runtime::{IntegrationRuntime, Matched, Runtime};
-use crate::upstream::{RequestBody, UpstreamClient};
+use crate::upstream::UpstreamClient;
 
 /// What the server knows about the connection a request came on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     /// The client's address.
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The TLS client certificate's verified identity (mTLS), if one was presented.
+    pub peer: Option<Arc<crate::auth::mtls::PeerIdentity>>,
 }
 
 /// The data plane's shared state: the current Runtime and what outlives it.
@@ -46,24 +48,43 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     access_log: AccessLog,
     config_view: ArcSwap<serde_json::Value>,
+    traffic: crate::traffic::TrafficState,
 }
 
 impl Gateway {
     /// A gateway with no configuration yet (not ready; answers 503).
     pub fn new(client: UpstreamClient, metrics: Arc<Metrics>, access_log: AccessLog) -> Arc<Gateway> {
+        let traffic = crate::traffic::TrafficState::local(&metrics);
+        Self::with_traffic(client, metrics, access_log, traffic)
+    }
+
+    /// A gateway whose throttles and quotas use `traffic` (Redis, or a state directory).
+    pub fn with_traffic(
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+        traffic: crate::traffic::TrafficState,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             runtime: Arc::new(ArcSwapOption::empty()),
             client,
             metrics,
             access_log,
             config_view: ArcSwap::from_pointee(serde_json::json!({"version": null})),
+            traffic,
         })
+    }
+
+    /// Limiter, cache and quota state (for `/usage` and shutdown).
+    pub fn traffic(&self) -> &crate::traffic::TrafficState {
+        &self.traffic
     }
 
     /// Builds the tables for `snapshot` off the request path, then swaps them in at once.
     /// In-flight requests finish on the Runtime they started with.
     pub fn apply(&self, snapshot: &ir::Snapshot) {
-        let runtime = Runtime::build(snapshot, &self.metrics);
+        self.traffic.begin_build();
+        let runtime = Runtime::build(snapshot, &self.metrics, &self.traffic);
         self.runtime.store(Some(Arc::new(runtime)));
         self.metrics.config_version.set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
     }
@@ -107,7 +128,8 @@ impl Gateway {
             response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             return response;
         };
-        let mut record = self.access_log.enabled().then(|| Box::new(new_record(&request, &request_id, conn)));
+        let mut record =
+            self.access_log.enabled().then(|| Box::new(new_record(&request, &request_id, &conn)));
         let method = request.method().clone();
         let (response, metrics, log) =
             self.pipeline(&runtime, request, conn, &request_id, record.as_deref_mut()).await;
@@ -145,7 +167,16 @@ impl Gateway {
                 return (ProxyError::BadPath(error).into_response(id), Arc::clone(&runtime.unmatched), true);
             }
         };
-        let matched = match runtime.route(&host, &parts.method, &path, &parts.headers) {
+        let mut routed = runtime.route(&host, &parts.method, &path, &parts.headers);
+        // A CORS preflight is routed by the method it asks about, so the route's CORS policy
+        // answers it (phase 6); APIs without CORS see it as a plain OPTIONS request.
+        if let Some(asked) = crate::traffic::cors::preflight_method(&parts.method, &parts.headers)
+            && let Ok(preflight) = runtime.route(&host, &asked, &path, &parts.headers)
+            && preflight.policy.traffic.has_cors()
+        {
+            routed = Ok(preflight);
+        }
+        let matched = match routed {
             Ok(matched) => matched,
             Err(unmatched) => {
                 if let Some(record) = record {
@@ -172,7 +203,41 @@ impl Gateway {
             let error = ProxyError::PayloadTooLarge { limit: policy.max_body };
             return (fail(error, id, record), metrics, log);
         }
-        let context = RequestContext::default();
+        let mut context = RequestContext::default();
+        // Phase 5: resource policy (source address, trusted proxies) and the mTLS requirement.
+        if let Err(error) = crate::auth::admit(policy, &parts.headers, &conn, &mut context) {
+            return (fail(error, id, record), metrics, log);
+        }
+        // Phases 6–7: CORS preflight, API and stage throttles.
+        let traffic = &self.traffic;
+        let mut traffic_state =
+            match traffic.before_auth(&policy.traffic, &parts.method, &parts.headers, id).await {
+                Ok(state) => state,
+                Err(early) => return (answered(early, record, &context), metrics, log),
+            };
+        // Phase 8: authorization (JWT, external authorizer, SigV4); identity into `context`.
+        let auth_request =
+            crate::auth::Request { parts: &mut parts, body, conn: &conn, path: &path, request_id: id };
+        let body = match crate::auth::authorize(policy, auth_request, &mut context).await {
+            Ok(body) => body,
+            Err(error) => return (fail(error, id, record), metrics, log),
+        };
+        // Phases 9–13: API key and usage plan, route throttle, validation, cache, transforms.
+        let facts = crate::traffic::RequestFacts {
+            request_id: id,
+            host: &host,
+            path: &path,
+            stage_path,
+            client_ip: conn.remote.ip(),
+            max_body: policy.max_body,
+        };
+        let body = match traffic
+            .after_auth(&policy.traffic, &mut traffic_state, &mut parts, body, &params, &mut context, facts)
+            .await
+        {
+            Ok(body) => body,
+            Err(early) => return (answered(early, record, &context), metrics, log),
+        };
         // Phases 5–13 run here, in this order (DESIGN.md, "The request pipeline"): resource
         // policy, CORS preflight, API and stage throttles, authorization, API key and usage
         // plan, route throttle, request validation, cache lookup, request transforms. Each may
@@ -186,6 +251,7 @@ impl Gateway {
                 let mut response = Response::new(full(mock.body.clone()));
                 *response.status_mut() = mock.status;
                 *response.headers_mut() = mock.headers.clone();
+                let response = traffic.respond(&policy.traffic, traffic_state, response, id).await;
                 return (response, metrics, log);
             }
             IntegrationRuntime::Http { backend, path, prefix } => (backend, path, prefix),
@@ -218,7 +284,7 @@ impl Gateway {
             parts.headers.insert(header::HOST, host);
         }
         let buffer = policy.retries.attempts > 0;
-        let body = match RequestBody::prepare(body, policy.max_body, buffer).await {
+        let body = match body.into_request_body(policy.max_body, buffer).await {
             Ok(body) => body,
             Err(error) => return (fail(error, id, record), metrics, log),
         };
@@ -231,11 +297,26 @@ impl Gateway {
                 }
                 let (mut head, body) = exchange.response.into_parts();
                 headers::remove_hop_by_hop(&mut head.headers);
-                (Response::from_parts(head, boxed(body)), metrics, log)
+                let response = Response::from_parts(head, boxed(body));
+                (traffic.respond(&policy.traffic, traffic_state, response, id).await, metrics, log)
             }
             Err(error) => (fail(error, id, record), metrics, log),
         }
     }
+}
+
+/// A response a traffic phase gave (an error, or a cache hit), logged with the identity known.
+fn answered(
+    early: crate::traffic::Early,
+    record: Option<&mut Record>,
+    context: &RequestContext,
+) -> Response<ProxyBody> {
+    if let Some(record) = record {
+        record.error = early.reason;
+        record.principal = context.principal.clone();
+        record.api_key_id = context.api_key_id.clone();
+    }
+    early.response
 }
 
 fn fail(error: ProxyError, request_id: &str, record: Option<&mut Record>) -> Response<ProxyBody> {
@@ -245,7 +326,7 @@ fn fail(error: ProxyError, request_id: &str, record: Option<&mut Record>) -> Res
     error.into_response(request_id)
 }
 
-fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: ConnInfo) -> Record {
+fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: &ConnInfo) -> Record {
     let now = time::OffsetDateTime::now_utc();
     Record {
         time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),

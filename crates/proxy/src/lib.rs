@@ -11,6 +11,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod context;
 pub mod error;
@@ -23,7 +24,9 @@ pub mod rewrite;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod subscribe;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;
 
 pub use gateway::{ConnInfo, Gateway};

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub config_errors: IntCounter,
     /// Access-log lines dropped because the writer could not keep up.
     pub access_log_dropped: IntCounter,
+    /// Authorization: denials, authorizer latency, key-set fetches.
+    pub auth: crate::auth::AuthMetrics,
 }
 
 impl Metrics {
@@ -110,6 +112,7 @@ impl Metrics {
         registry.register(Box::new(config_version.clone()))?;
         registry.register(Box::new(config_errors.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let auth = crate::auth::AuthMetrics::register(&registry)?;
         Ok(Arc::new(Self {
             registry,
             requests,
@@ -119,6 +122,7 @@ impl Metrics {
             config_version,
             config_errors,
             access_log_dropped,
+            auth,
         }))
     }
 

@@ -75,39 +75,59 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { remote, tls: tls.is_some() };
-        let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |request| {
-            let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
-        });
         let builder = Arc::clone(&builder);
         let span = tracing::debug_span!("connection", %remote);
         match &tls {
             None => {
+                let info = ConnInfo { remote, tls: false, peer: None };
+                let gateway = Arc::clone(&gateway);
+                let service = service_fn(move |request| {
+                    let (gateway, info) = (Arc::clone(&gateway), info.clone());
+                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
+                });
                 let connection =
                     builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let watched = graceful.watch(connection);
                 tokio::spawn(log_connection_end(watched).instrument(span));
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
+                let config = Arc::clone(acceptor.config());
+                let slot = gateway.runtime_slot();
+                // The client certificate's identity is known only after the handshake; the
+                // service (built here, outside the task) reads it from this cell.
+                let peer_cell: Arc<std::sync::OnceLock<Arc<crate::auth::mtls::PeerIdentity>>> =
+                    Arc::default();
+                let service = {
+                    let gateway = Arc::clone(&gateway);
+                    let peer_cell = Arc::clone(&peer_cell);
+                    service_fn(move |request| {
+                        let gateway = Arc::clone(&gateway);
+                        let info = ConnInfo { remote, tls: true, peer: peer_cell.get().cloned() };
+                        async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
+                    })
+                };
                 let watcher = graceful.watcher();
                 let handshake_timeout = settings.tls_handshake_timeout;
                 tokio::spawn(
                     async move {
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%error, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake timed out");
-                                    return;
-                                }
-                            };
+                        // The client-certificate verifier is chosen by SNI (mTLS per API).
+                        let (stream, peer) = match crate::auth::mtls::accept(
+                            stream,
+                            &config,
+                            &slot,
+                            handshake_timeout,
+                        )
+                        .await
+                        {
+                            Ok(accepted) => accepted,
+                            Err(error) => {
+                                tracing::debug!(%error, "TLS handshake failed");
+                                return;
+                            }
+                        };
+                        if let Some(peer) = peer {
+                            let _ = peer_cell.set(peer);
+                        }
                         let connection = builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .into_owned();

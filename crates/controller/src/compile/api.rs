@@ -21,9 +21,8 @@ pub struct ApiInfo<'a> {
     pub certificates: Vec<ir::Certificate>,
     /// Accepted, and safe to serve with what this version enforces.
     pub serve: bool,
-    /// Whether Routes must declare `authorization: {type: None}` to be served (the API has a
-    /// default authorizer this version cannot enforce).
-    pub has_default_authorizer: bool,
+    /// Resource policy and client validation (authorizers are added once routes resolve).
+    pub auth: tollgate_ir::auth::ApiAuth,
 }
 
 const NOT_YET: &str = reason::NOT_YET_ENFORCED;
@@ -56,45 +55,12 @@ pub fn compile_apis<'a>(
         let hostnames = check_hostnames(&spec.hostnames, "spec.hostnames", &key, d);
         check_stages(&spec.stages, &key, d);
 
-        if spec.default_authorizer.is_some() {
-            d.warn(
-                k,
-                &key,
-                NOT_YET,
-                "spec.defaultAuthorizer",
-                "authorizers are not yet enforced: Routes of this API are served only when they declare \
-                 authorization: {type: None}",
-            );
-        }
-        if let Some(policy) = &spec.policy
-            && (!policy.allow_cidrs.is_empty() || !policy.deny_cidrs.is_empty())
-        {
-            {
-                d.warn(
-                    k,
-                    &key,
-                    NOT_YET,
-                    "spec.policy",
-                    "resource policies are not yet enforced: the API is not served (fail closed) until they are",
-                );
-                serve = false;
-            }
-        }
-        if let Some(tls) = &spec.tls
-            && tls.client_validation.is_some()
-        {
-            d.warn(
-                k,
-                &key,
-                NOT_YET,
-                "spec.tls.clientValidation",
-                "mTLS client validation is not yet enforced: the API is not served (fail closed) until it is",
-            );
+        // Resource policy and mTLS; when they cannot be compiled the API is not served (fail closed).
+        let auth = super::auth::compile_api_auth(spec, &key, secrets, d);
+        if auth.is_none() {
             serve = false;
         }
         for (field, set) in [
-            ("spec.cors", spec.cors.is_some()),
-            ("spec.throttle", spec.throttle.is_some()),
             ("spec.routeSelectionExpression", spec.route_selection_expression.is_some()),
             ("spec.connectionsApi", spec.connections_api.is_some()),
         ] {
@@ -178,7 +144,7 @@ pub fn compile_apis<'a>(
             limits,
             certificates,
             serve: serve && accepted,
-            has_default_authorizer: spec.default_authorizer.is_some(),
+            auth: auth.unwrap_or_default(),
         });
     }
     out
@@ -308,11 +274,7 @@ fn check_stages(stages: &[Stage], key: &ir::ObjectKey, d: &mut Diagnostics) {
         {
             d.invalid(k, key, format!("{at}.routeSelector"), message);
         }
-        for (field, set) in [
-            ("throttle", stage.throttle.is_some()),
-            ("cache", stage.cache.as_ref().is_some_and(|c| c.enabled.unwrap_or(true))),
-            ("canary", stage.canary.is_some()),
-        ] {
+        for (field, set) in [("canary", stage.canary.is_some())] {
             if set {
                 d.warn(
                     k,

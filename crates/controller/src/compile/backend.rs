@@ -85,7 +85,10 @@ impl<'a> ServiceIndex<'a> {
         }
         endpoints.sort();
         endpoints.dedup();
-        Ok(http_backend(backend_name, endpoints, None))
+        let mut backend = http_backend(backend_name, endpoints, None);
+        backend.service =
+            Some(ir::distribution::ServiceRef { namespace: key.namespace, name: key.name, port });
+        Ok(backend)
     }
 }
 
@@ -94,7 +97,14 @@ fn authority(address: &str, port: i32) -> String {
 }
 
 fn http_backend(name: String, endpoints: Vec<String>, host_header: Option<String>) -> ir::Backend {
-    ir::Backend { name, scheme: ir::Scheme::Http, endpoints, host_header, tls_server_name: None }
+    ir::Backend {
+        name,
+        scheme: ir::Scheme::Http,
+        endpoints,
+        host_header,
+        tls_server_name: None,
+        service: None,
+    }
 }
 
 /// A parsed `integration.url`.
@@ -148,6 +158,7 @@ pub fn parse_url(url: &str) -> Result<UrlTarget, String> {
             endpoints: vec![format!("{host}:{port}")],
             host_header: Some(host_header),
             tls_server_name: (scheme == ir::Scheme::Https).then(|| host.trim_matches(['[', ']']).to_string()),
+            service: None,
         },
         path: path.trim_end_matches('/').to_string(),
     })

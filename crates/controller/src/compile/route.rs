@@ -36,6 +36,8 @@ pub struct RouteInfo<'a> {
     pub servable: bool,
     /// Set once a stage serves it.
     pub served: Cell<bool>,
+    /// Who may call it (resolved by `auth::resolve_routes`).
+    pub auth: ir::auth::RouteAuth,
 }
 
 const K: Kind = Kind::Route;
@@ -101,19 +103,6 @@ fn compile_route<'a>(
                         key.namespace, api_key.namespace
                     ),
                 );
-            }
-            if info.has_default_authorizer && !authorization_none(object) {
-                d.warn(
-                    K,
-                    &key,
-                    reason::NOT_YET_ENFORCED,
-                    "spec.authorization",
-                    format!(
-                        "GatewayAPI {api_key} has a defaultAuthorizer, which this version does not enforce: \
-                         the Route is not served (fail closed); set authorization: {{type: None}} to make it public"
-                    ),
-                );
-                servable = false;
             }
         }
     }
@@ -295,40 +284,8 @@ fn compile_route<'a>(
         }
     }
 
-    // Capabilities of later versions.
-    if let Some(auth) = &spec.authorization
-        && !authorization_none(object)
-        && (auth.authorizer_ref.is_some() || !auth.scopes.is_empty())
-    {
-        d.warn(
-            K,
-            &key,
-            reason::NOT_YET_ENFORCED,
-            "spec.authorization",
-            "authorizers are not yet enforced: the Route is not served (fail closed) until they are",
-        );
-        servable = false;
-    }
-    if spec.api_key_required == Some(true) {
-        d.warn(
-            K,
-            &key,
-            reason::NOT_YET_ENFORCED,
-            "spec.apiKeyRequired",
-            "API keys are not yet enforced: the Route is not served (fail closed) until they are",
-        );
-        servable = false;
-    }
-    for (field, set) in [
-        ("spec.throttle", spec.throttle.is_some()),
-        ("spec.cache", spec.cache.is_some()),
-        ("spec.validation", spec.validation.is_some()),
-        ("spec.transform", spec.transform.is_some()),
-    ] {
-        if set {
-            d.warn(K, &key, reason::NOT_YET_ENFORCED, field, "accepted but not yet enforced by this version");
-        }
-    }
+    // Throttle, cache, validation and transforms: checked once here; resolved per stage.
+    super::traffic::check_route(&object.object, &key, template.as_ref(), d);
 
     let servable = servable && !d.is_rejected(K, &key) && target.is_some();
     RouteInfo {
@@ -344,16 +301,8 @@ fn compile_route<'a>(
         retries,
         servable,
         served: Cell::new(false),
+        auth: ir::auth::RouteAuth::None,
     }
-}
-
-fn authorization_none(route: &Object<Route>) -> bool {
-    route
-        .object
-        .spec
-        .authorization
-        .as_ref()
-        .is_some_and(|a| a.type_ == Some(tollgate_crds::route::AuthorizationType::None))
 }
 
 fn method_name(m: &tollgate_crds::route::HttpMethod) -> String {

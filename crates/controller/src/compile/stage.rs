@@ -9,6 +9,7 @@ use super::api::ApiInfo;
 use super::backend::{ServiceError, ServiceIndex, parse_url};
 use super::route::{RouteInfo, Target};
 use super::selector;
+use super::traffic::TrafficInputs;
 use super::variables::{VariableError, substitute};
 use crate::diagnostics::{Diagnostics, reason};
 use crate::inputs::Kind;
@@ -20,6 +21,7 @@ pub fn compile_stages(
     api: &ApiInfo<'_>,
     routes: &[RouteInfo<'_>],
     services: &ServiceIndex<'_>,
+    traffic: &TrafficInputs,
     d: &mut Diagnostics,
 ) -> Vec<ir::Stage> {
     let declared = &api.object.spec.stages;
@@ -40,7 +42,7 @@ pub fn compile_stages(
     } else {
         declared
     };
-    stages.iter().map(|stage| compile_stage(api, stage, routes, services, d)).collect()
+    stages.iter().map(|stage| compile_stage(api, stage, routes, services, traffic, d)).collect()
 }
 
 fn compile_stage(
@@ -48,6 +50,7 @@ fn compile_stage(
     stage: &Stage,
     routes: &[RouteInfo<'_>],
     services: &ServiceIndex<'_>,
+    traffic: &TrafficInputs,
     d: &mut Diagnostics,
 ) -> ir::Stage {
     let base_path = stage.base_path.as_deref().map(|b| b.trim_end_matches('/')).filter(|b| !b.is_empty());
@@ -77,6 +80,17 @@ fn compile_stage(
         let Some(integration) = integration(route, stage, services, d) else {
             continue;
         };
+        let Some(route_traffic) = super::traffic::route_traffic(
+            route.object,
+            &route.key,
+            &route.methods,
+            Some(template),
+            stage,
+            &api.key,
+            d,
+        ) else {
+            continue;
+        };
         claims.push((route, &route.key));
         route.served.set(true);
         d.programmed(Kind::Route, &route.key, true);
@@ -88,6 +102,8 @@ fn compile_stage(
             integration,
             timeout: route.timeout.unwrap_or(api.limits.timeout),
             retries: route.retries.clone(),
+            traffic: route_traffic,
+            auth: route.auth.clone(),
         });
     }
     served.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.key.cmp(&b.key)));
@@ -101,6 +117,7 @@ fn compile_stage(
         base_path: base_path.map(str::to_string),
         variables: stage.variables.clone(),
         access_log: stage.access_log.as_ref().and_then(|a| a.enabled).unwrap_or(true),
+        traffic: super::traffic::stage_traffic(&api.key, stage, &served, &traffic.plans, d),
         routes: served,
     }
 }
@@ -198,6 +215,7 @@ fn integration(
                         endpoints: Vec::new(),
                         host_header: None,
                         tls_server_name: None,
+                        service: None,
                     }
                 }
             };
