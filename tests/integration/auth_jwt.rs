@@ -137,6 +137,9 @@ async fn scopes_gate_routes_with_403() {
     assert!(
         metric(&s.gateway, "tollgate_auth_denied_total", &["reason=\"insufficient_scope\""]).await >= 1.0
     );
+    // The refused caller is identified in the access log.
+    let refused = s.gateway.wait_for_log(|l| l["status"] == 403 && l["principal"] == "u1").await;
+    assert_eq!(refused["path"], "/admin");
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! (a process-wide registry of weak references keyed by the configuration's content).
 
 pub mod external;
-mod fetch;
+pub(crate) mod fetch;
 pub mod jwks;
 pub mod jwt;
 pub mod metrics;
@@ -57,6 +57,8 @@ pub enum AuthError {
         reason: &'static str,
         /// What was wrong.
         detail: &'static str,
+        /// Who was refused, when the caller was identified (for the access log).
+        principal: Option<String>,
     },
     /// The authorizer failed or answered nonsense: 500, fail closed.
     #[error("Internal Server Error: the authorizer failed")]
@@ -92,7 +94,16 @@ impl AuthError {
 
     /// 403.
     pub fn forbidden(reason: &'static str, detail: &'static str) -> AuthError {
-        AuthError::Forbidden { reason, detail }
+        AuthError::Forbidden { reason, detail, principal: None }
+    }
+
+    /// 403 for an identified caller.
+    pub fn forbidden_caller(
+        reason: &'static str,
+        detail: &'static str,
+        principal: Option<String>,
+    ) -> AuthError {
+        AuthError::Forbidden { reason, detail, principal }
     }
 
     /// 500.
@@ -429,6 +440,9 @@ pub async fn authorize(
         }
     };
     latency.observe(started.elapsed().as_secs_f64());
+    if let Err(AuthError::Forbidden { principal: Some(principal), .. }) = &result {
+        context.principal = Some(principal.clone());
+    }
     let identity = result.map_err(|e| api.deny(&runtime.label, e))?;
     set_headers(&mut parts.headers, &runtime.claims_to_headers, &identity.claims);
     set_headers(&mut parts.headers, &runtime.context_to_headers, &identity.context);

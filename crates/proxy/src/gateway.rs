@@ -220,7 +220,13 @@ impl Gateway {
             crate::auth::Request { parts: &mut parts, body, conn: &conn, path: &path, request_id: id };
         let body = match crate::auth::authorize(policy, auth_request, &mut context).await {
             Ok(body) => body,
-            Err(error) => return (fail(error, id, record), metrics, log),
+            // A caller can be identified and still refused (a missing scope): log who it was.
+            Err(error) => {
+                if let Some(record) = record.as_deref_mut() {
+                    record.principal = context.principal.clone();
+                }
+                return (fail(error, id, record), metrics, log);
+            }
         };
         // Phases 9–13: API key and usage plan, route throttle, validation, cache, transforms.
         let facts = crate::traffic::RequestFacts {
@@ -238,10 +244,6 @@ impl Gateway {
             Ok(body) => body,
             Err(early) => return (answered(early, record, &context), metrics, log),
         };
-        // Phases 5–13 run here, in this order (DESIGN.md, "The request pipeline"): resource
-        // policy, CORS preflight, API and stage throttles, authorization, API key and usage
-        // plan, route throttle, request validation, cache lookup, request transforms. Each may
-        // answer early through `fail(...)` and fills `context` for the phases after it.
         if let Some(record) = record.as_deref_mut() {
             record.principal = context.principal.clone();
             record.api_key_id = context.api_key_id.clone();

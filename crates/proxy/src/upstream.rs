@@ -84,6 +84,7 @@ impl UpstreamClient {
             idle_timeout: settings.idle_timeout,
             tls: Arc::new(tls),
         });
+        crate::auth::fetch::use_pool(pool.clone());
         Ok(UpstreamClient { pool })
     }
 

@@ -153,16 +153,27 @@ pub fn compile_apis<'a>(
 impl ApiInfo<'_> {
     /// Whether a Route in `namespace` (with namespace labels `labels`) may attach.
     pub fn allows_namespace(&self, namespace: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
-        let allowed = self.object.spec.allowed_routes.as_ref();
-        match allowed.and_then(|a| a.namespaces).unwrap_or_default() {
-            RouteNamespaces::Same => namespace == self.key.namespace,
-            RouteNamespaces::All => true,
-            RouteNamespaces::Selector => match (allowed.and_then(|a| a.selector.as_ref()), labels) {
-                (Some(sel), Some(labels)) => selector::matches(sel, labels),
-                (Some(sel), None) => selector::matches(sel, &BTreeMap::new()),
-                (None, _) => false,
-            },
-        }
+        admits_namespace(self.object, &self.key.namespace, namespace, labels)
+    }
+}
+
+/// Whether `api` (in `api_namespace`) admits objects from `namespace` per its `allowedRoutes`
+/// (Routes attaching, UsagePlans covering it).
+pub fn admits_namespace(
+    api: &GatewayAPI,
+    api_namespace: &str,
+    namespace: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let allowed = api.spec.allowed_routes.as_ref();
+    match allowed.and_then(|a| a.namespaces).unwrap_or_default() {
+        RouteNamespaces::Same => namespace == api_namespace,
+        RouteNamespaces::All => true,
+        RouteNamespaces::Selector => match (allowed.and_then(|a| a.selector.as_ref()), labels) {
+            (Some(sel), Some(labels)) => selector::matches(sel, labels),
+            (Some(sel), None) => selector::matches(sel, &BTreeMap::new()),
+            (None, _) => false,
+        },
     }
 }
 

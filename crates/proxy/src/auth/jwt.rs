@@ -80,7 +80,11 @@ impl JwtVerifier {
         let held = token_scopes(&verified.claims, self.scopes_claim.as_deref());
         if let Some(missing) = scopes.iter().find(|s| !held.iter().any(|h| h == *s)) {
             tracing::debug!(scope = %missing, "token lacks a required scope");
-            return Err(AuthError::forbidden("insufficient_scope", "the token lacks a required scope"));
+            return Err(AuthError::forbidden_caller(
+                "insufficient_scope",
+                "the token lacks a required scope",
+                verified.principal.clone(),
+            ));
         }
         Ok(Identity {
             principal: verified.principal.clone(),

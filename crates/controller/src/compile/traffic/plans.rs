@@ -94,6 +94,31 @@ pub fn compile_plans(inputs: &Inputs, d: &mut Diagnostics) -> Vec<PlanInfo> {
                 ),
                 Some(_) => {}
             }
+            if api.namespace != key.namespace
+                && let Some(found) = inputs.gateway_apis.iter().find(|a| a.key() == api)
+            {
+                let labels =
+                    inputs.namespaces.iter().find(|n| n.key().name == key.namespace).map(|n| n.labels());
+                if !super::super::api::admits_namespace(
+                    &found.object,
+                    &api.namespace,
+                    &key.namespace,
+                    labels.as_ref(),
+                ) {
+                    d.reject(
+                        K,
+                        &key,
+                        reason::NOT_ALLOWED_BY_API,
+                        format!("{at}.namespace"),
+                        format!(
+                            "GatewayAPI {api} does not admit objects from namespace {} (its spec.allowedRoutes): \
+                             create the UsagePlan in {} or widen allowedRoutes",
+                            key.namespace, api.namespace
+                        ),
+                    );
+                    continue;
+                }
+            }
             let mut route_throttles = Vec::new();
             for (text, spec_throttle) in &s.route_throttles {
                 let field = format!("{at}.routeThrottles[{text}]");
