@@ -24,10 +24,10 @@ pub mod status;
 pub mod view;
 
 pub use compile::{Compiled, compile};
-/// The kube client crate, for the binary that wires the controller.
-pub use kube;
 pub use diagnostics::ObjectReport;
 pub use inputs::{Inputs, Kind, Object};
+/// The kube client crate, for the binary that wires the controller.
+pub use kube;
 
 /// Resolves once a shutdown signal (a `watch` flipping to `true`) has fired, or its sender is gone.
 pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {

@@ -121,7 +121,9 @@ impl Frame {
             return Err(FrameError::TooLarge(len as u64));
         }
         let mut out = Vec::with_capacity(len + 4);
-        out.extend_from_slice(&u32::try_from(len).map_err(|_| FrameError::TooLarge(len as u64))?.to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(len).map_err(|_| FrameError::TooLarge(len as u64))?.to_be_bytes(),
+        );
         out.push(kind);
         out.extend_from_slice(&payload);
         Ok(out)
