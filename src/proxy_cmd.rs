@@ -75,6 +75,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     tracing::info!(drain = ?settings.drain_timeout, "shutting down: no new connections, finishing in-flight requests");
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
+    gateway.flush_access_log();
     gateway.traffic().flush();
     tracing::info!("stopped");
     Ok(())

@@ -3,14 +3,12 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::metrics::Metrics;
-
-/// Lines waiting to be written before new ones are dropped (and counted).
-const QUEUE: usize = 16 * 1024;
 
 /// One access-log line. Never holds a secret: the path without its query string, the request id
 /// the gateway vetted, no credentials.
@@ -65,60 +63,98 @@ pub struct Record {
 /// Where access-log lines go.
 #[derive(Clone)]
 pub struct AccessLog {
-    sender: Option<SyncSender<String>>,
+    shared: Option<Arc<Shared>>,
     metrics: Arc<Metrics>,
 }
+
+/// Lines waiting for the writer thread. Requests append under a short lock; the writer swaps the
+/// buffer out every `FLUSH_EVERY` (or as soon as it holds `WAKE_AT` bytes) and writes it with one
+/// syscall — one wake-up per batch, not per line.
+struct Shared {
+    buffer: Mutex<Vec<u8>>,
+    ready: Condvar,
+}
+
+/// How often the writer flushes at the latest.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// A buffer this large wakes the writer early.
+const WAKE_AT: usize = 256 * 1024;
+/// Beyond this, lines are dropped (and counted) until the writer catches up.
+const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 
 impl AccessLog {
     /// Lines go to standard output, one JSON object per line.
     pub fn stdout(metrics: Arc<Metrics>) -> AccessLog {
-        let (sender, receiver) = sync_channel(QUEUE);
+        let shared =
+            Arc::new(Shared { buffer: Mutex::new(Vec::with_capacity(WAKE_AT)), ready: Condvar::new() });
+        let writer = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(receiver, std::io::stdout().lock()));
+            .spawn(move || write_lines(&writer, std::io::stdout()));
         if let Err(error) = spawned {
             tracing::error!(%error, "could not start the access-log writer; access logging is off");
-            return AccessLog { sender: None, metrics };
+            return AccessLog { shared: None, metrics };
         }
-        AccessLog { sender: Some(sender), metrics }
+        AccessLog { shared: Some(shared), metrics }
     }
 
     /// Access logging off.
     pub fn disabled(metrics: Arc<Metrics>) -> AccessLog {
-        AccessLog { sender: None, metrics }
+        AccessLog { shared: None, metrics }
     }
 
     /// Whether lines are written at all.
     pub fn enabled(&self) -> bool {
-        self.sender.is_some()
+        self.shared.is_some()
     }
 
-    /// Queues a record; drops it (and counts the drop) when the writer is behind.
+    /// Appends a record; drops it (and counts the drop) when the writer is far behind.
     pub fn write(&self, record: &Record) {
-        let Some(sender) = &self.sender else { return };
-        let Ok(mut line) = serde_json::to_string(record) else {
+        let Some(shared) = &self.shared else { return };
+        let mut buffer = shared.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buffer.len() > MAX_BUFFERED {
+            drop(buffer);
+            self.metrics.access_log_dropped.inc();
             return;
-        };
-        line.push('\n');
-        match sender.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.metrics.access_log_dropped.inc()
-            }
+        }
+        let before = buffer.len();
+        if serde_json::to_writer(&mut *buffer, record).is_err() {
+            buffer.truncate(before);
+            return;
+        }
+        buffer.push(b'\n');
+        if buffer.len() >= WAKE_AT {
+            shared.ready.notify_one();
+        }
+    }
+
+    /// Writes out whatever is buffered (at shutdown).
+    pub fn flush(&self) {
+        if let Some(shared) = &self.shared {
+            let pending =
+                std::mem::take(&mut *shared.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&pending).and_then(|()| out.flush());
         }
     }
 }
 
-fn write_lines(receiver: Receiver<String>, out: impl Write) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = receiver.recv() {
-        let mut ok = out.write_all(line.as_bytes()).is_ok();
-        // Batch whatever else is already queued, then flush once.
-        while let Ok(line) = receiver.try_recv() {
-            ok &= out.write_all(line.as_bytes()).is_ok();
+fn write_lines(shared: &Shared, mut out: impl Write) {
+    let mut spare = Vec::with_capacity(WAKE_AT);
+    loop {
+        {
+            let buffer = shared.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let (mut buffer, _) = shared
+                .ready
+                .wait_timeout_while(buffer, FLUSH_EVERY, |b| b.len() < WAKE_AT)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::swap(&mut *buffer, &mut spare);
         }
-        if !ok || out.flush().is_err() {
-            return;
+        if !spare.is_empty() {
+            if out.write_all(&spare).and_then(|()| out.flush()).is_err() {
+                return;
+            }
+            spare.clear();
         }
     }
 }

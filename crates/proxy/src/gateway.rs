@@ -99,6 +99,11 @@ impl Gateway {
         self.config_view.load_full()
     }
 
+    /// Writes out buffered access-log lines (call once serving has stopped).
+    pub fn flush_access_log(&self) {
+        self.access_log.flush();
+    }
+
     /// Whether a configuration has been loaded.
     pub fn is_ready(&self) -> bool {
         self.runtime.load().is_some()
