@@ -450,10 +450,10 @@ pub async fn authorize(
         context.principal = identity.principal;
     }
     if !identity.claims.is_empty() {
-        context.claims = (*identity.claims).clone();
+        context.claims = Arc::clone(&identity.claims);
     }
     if !identity.context.is_empty() {
-        context.authorizer_context = (*identity.context).clone();
+        context.authorizer_context = Arc::clone(&identity.context);
     }
     Ok(body)
 }

@@ -2,6 +2,8 @@
 //! (set by authorization and API-key checks) for throttles, quotas, the cache key, templates and
 //! the access log.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 /// Per-request state shared by the pipeline phases.
@@ -11,9 +13,9 @@ pub struct RequestContext {
     /// access key id, the mTLS subject), when a phase established one.
     pub principal: Option<String>,
     /// Verified JWT claims (`${context.authorizer.claims.NAME}`).
-    pub claims: Map<String, Value>,
+    pub claims: Arc<Map<String, Value>>,
     /// Context values returned by an external authorizer (`${context.authorizer.NAME}`).
-    pub authorizer_context: Map<String, Value>,
+    pub authorizer_context: Arc<Map<String, Value>>,
     /// A non-secret identifier of the API key used (never the key itself).
     pub api_key_id: Option<String>,
 }

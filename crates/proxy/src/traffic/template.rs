@@ -117,7 +117,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-name", http::HeaderValue::from_static("a\"b"));
         let mut context = RequestContext::default();
-        context.claims.insert("sub".into(), Value::String("user-1".into()));
+        std::sync::Arc::make_mut(&mut context.claims).insert("sub".into(), Value::String("user-1".into()));
         context.api_key_id = Some("ns/key".into());
         let body = Bytes::from_static(br#"{"order":{"id":7}}"#);
         let vars = BTreeMap::from([("v".to_string(), "1".to_string())]);
