@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
+use tollgate_proxy::ServerSettings;
 use tollgate_proxy::subscribe::{SubscribeSettings, Subscriber};
-use tollgate_proxy::{ServerSettings, admin, server, tls};
 
 use crate::ProxyArgs;
-use crate::standalone::{bind, build_gateway, wait_for_signal};
+use crate::standalone::{build_gateway, drain_on_signal, spawn_listeners};
 
 /// Runs until SIGTERM / SIGINT, then drains.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -52,31 +52,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(subscriber.run(shutdown.clone()));
-    let listener = bind(args.listen).await?;
-    tracing::info!(address = %args.listen, fleet = %args.fleet, "serving HTTP (HTTP/1.1, h2c); not ready until the first snapshot");
-    tasks.spawn(server::serve(listener, None, Arc::clone(&gateway), settings.clone(), shutdown.clone()));
-    if let Some(address) = args.listen_tls {
-        let listener = bind(address).await?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(gateway.runtime_slot()));
-        tracing::info!(%address, "serving HTTPS (HTTP/1.1, HTTP/2 by ALPN)");
-        tasks.spawn(server::serve(
-            listener,
-            Some(acceptor),
-            Arc::clone(&gateway),
-            settings.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let admin_listener = bind(args.admin).await?;
-    tracing::info!(address = %args.admin, "serving admin (/healthz /readyz /metrics /config)");
-    tasks.spawn(admin::serve_admin(admin_listener, Arc::clone(&gateway), None, shutdown.clone()));
-
-    wait_for_signal().await;
-    tracing::info!(drain = ?settings.drain_timeout, "shutting down: no new connections, finishing in-flight requests");
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
-    gateway.flush_access_log();
-    gateway.traffic().flush();
-    tracing::info!("stopped");
+    tracing::info!(fleet = %args.fleet, "proxy starting; not ready until the first snapshot");
+    spawn_listeners(&mut tasks, &gateway, args.listen, args.listen_tls, args.admin, &settings, &shutdown)
+        .await?;
+    drain_on_signal(tasks, stop, &gateway, settings.drain_timeout).await;
     Ok(())
 }

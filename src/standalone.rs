@@ -32,24 +32,8 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 
-    let listener = bind(args.listen).await?;
-    tracing::info!(address = %args.listen, "serving HTTP (HTTP/1.1, h2c)");
-    tasks.spawn(server::serve(listener, None, Arc::clone(&gateway), settings.clone(), shutdown.clone()));
-    if let Some(address) = args.listen_tls {
-        let listener = bind(address).await?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(gateway.runtime_slot()));
-        tracing::info!(%address, "serving HTTPS (HTTP/1.1, HTTP/2 by ALPN)");
-        tasks.spawn(server::serve(
-            listener,
-            Some(acceptor),
-            Arc::clone(&gateway),
-            settings.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let admin_listener = bind(args.admin).await?;
-    tracing::info!(address = %args.admin, "serving admin (/healthz /readyz /metrics /config /usage)");
-    tasks.spawn(admin::serve_admin(admin_listener, Arc::clone(&gateway), None, shutdown.clone()));
+    spawn_listeners(&mut tasks, &gateway, args.listen, args.listen_tls, args.admin, &settings, &shutdown)
+        .await?;
 
     let interval = args.serve.reload_interval;
     let mut reload_shutdown = shutdown.clone();
@@ -64,13 +48,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         }
     });
 
-    wait_for_signal().await;
-    tracing::info!(drain = ?settings.drain_timeout, "shutting down: no new connections, finishing in-flight requests");
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
-    gateway.flush_access_log();
-    gateway.traffic().flush();
-    tracing::info!("stopped");
+    drain_on_signal(tasks, stop, &gateway, settings.drain_timeout).await;
     Ok(())
 }
 
@@ -100,6 +78,54 @@ pub(crate) fn build_gateway(serve: &crate::ServeArgs) -> anyhow::Result<Arc<Gate
     }
     let gateway = Gateway::with_traffic(client, metrics, access_log, traffic);
     Ok(gateway)
+}
+
+/// Binds and starts the traffic listeners (plain HTTP, optional TLS) and the admin port.
+pub(crate) async fn spawn_listeners(
+    tasks: &mut tokio::task::JoinSet<()>,
+    gateway: &Arc<Gateway>,
+    listen: std::net::SocketAddr,
+    listen_tls: Option<std::net::SocketAddr>,
+    admin_address: std::net::SocketAddr,
+    settings: &ServerSettings,
+    shutdown: &server::Shutdown,
+) -> anyhow::Result<()> {
+    let listener = bind(listen).await?;
+    tracing::info!(address = %listen, "serving HTTP (HTTP/1.1, h2c)");
+    tasks.spawn(server::serve(listener, None, Arc::clone(gateway), settings.clone(), shutdown.clone()));
+    if let Some(address) = listen_tls {
+        let listener = bind(address).await?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(gateway.runtime_slot()));
+        tracing::info!(%address, "serving HTTPS (HTTP/1.1, HTTP/2 by ALPN)");
+        tasks.spawn(server::serve(
+            listener,
+            Some(acceptor),
+            Arc::clone(gateway),
+            settings.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let admin_listener = bind(admin_address).await?;
+    tracing::info!(address = %admin_address, "serving admin (/healthz /readyz /metrics /config /usage)");
+    tasks.spawn(admin::serve_admin(admin_listener, Arc::clone(gateway), None, shutdown.clone()));
+    Ok(())
+}
+
+/// Waits for SIGTERM / SIGINT, then stops accepting, lets every task drain, and writes out the
+/// buffered access log and quota counts.
+pub(crate) async fn drain_on_signal(
+    mut tasks: tokio::task::JoinSet<()>,
+    stop: watch::Sender<bool>,
+    gateway: &Gateway,
+    drain: std::time::Duration,
+) {
+    wait_for_signal().await;
+    tracing::info!(?drain, "shutting down: no new connections, finishing in-flight requests");
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    gateway.flush_access_log();
+    gateway.traffic().flush();
+    tracing::info!("stopped");
 }
 
 pub(crate) async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {

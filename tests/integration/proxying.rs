@@ -1,7 +1,5 @@
 //! Forwarding: headers, request ids, trace context, retries, timeouts, failing backends.
 
-use std::net::SocketAddr;
-
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -9,6 +7,7 @@ use crate::support::*;
 
 struct Setup {
     gateway: Tollgate,
+    _dead: tokio::net::TcpSocket,
     ok: Backend,
     failing: Backend,
     _m: Manifests,
@@ -17,7 +16,7 @@ struct Setup {
 async fn setup() -> Setup {
     let ok = Backend::start("ok").await;
     let failing = Backend::start_with_status("failing", Some(503)).await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (dead, dead_guard) = dead_address();
     let m = Manifests::new();
     m.write("api.yaml", &simple_api("p", "p"));
     let svc = |name: &str, path: &str, extra: &str| {
@@ -54,7 +53,7 @@ async fn setup() -> Setup {
     .join("---\n");
     m.write("services.yaml", &services);
     let gateway = Tollgate::start(m.path()).await;
-    Setup { gateway, ok, failing, _m: m }
+    Setup { gateway, _dead: dead_guard, ok, failing, _m: m }
 }
 
 #[tokio::test]

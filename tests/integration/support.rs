@@ -25,6 +25,14 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// An address where nothing listens, and nothing else can start listening while the guard lives
+/// (the port is bound but not listening, so connections are refused).
+pub fn dead_address() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
 /// A running `tollgate standalone`.
 pub struct Tollgate {
     child: Option<Child>,
@@ -42,9 +50,37 @@ impl Tollgate {
     }
 
     pub async fn start_with(dir: &Path, extra: &[&str]) -> Tollgate {
-        let gateway = Self::spawn(dir, extra);
-        gateway.wait_ready().await;
-        gateway
+        // Ports come from `free_port` (bind, read, release): another test can grab one in between.
+        // The gateway then exits with "Address already in use"; start it again on new ports.
+        let mut attempt = 0;
+        loop {
+            let mut gateway = Self::spawn(dir, extra);
+            match gateway.try_ready().await {
+                Ok(()) => return gateway,
+                Err(stderr) if stderr.contains("Address already in use") && attempt < 5 => attempt += 1,
+                Err(stderr) => panic!("tollgate not ready; stderr:\n{stderr}"),
+            }
+        }
+    }
+
+    /// Waits until `/readyz` answers 200; returns the stderr if the process exits or time runs out.
+    async fn try_ready(&mut self) -> Result<(), String> {
+        let client = client();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = client.get(self.admin_url("/readyz")).send().await
+                && r.status() == StatusCode::OK
+            {
+                return Ok(());
+            }
+            let exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || tokio::time::Instant::now() >= deadline {
+                // Let the reader thread collect the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Err(self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts the gateway without waiting.
@@ -75,20 +111,6 @@ impl Tollgate {
         collect_lines(child.stdout.take().unwrap(), Arc::clone(&stdout));
         collect_lines(child.stderr.take().unwrap(), Arc::clone(&stderr));
         Tollgate { child: Some(child), http, tls, admin, stdout, stderr }
-    }
-
-    pub async fn wait_ready(&self) {
-        let client = client();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = client.get(self.admin_url("/readyz")).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "tollgate not ready; stderr:\n{}", self.stderr());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     pub fn url(&self, path: &str) -> String {
