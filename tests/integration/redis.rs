@@ -13,24 +13,44 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        Self::start_on(free_port()).await
+        // `free_port` releases the port before redis binds it; if another test took it meanwhile,
+        // redis exits at once: try again on another port.
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start_on(free_port()).await {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 ports");
     }
 
     /// Starts (or restarts) a server on `port` and waits until it answers PING.
     pub async fn start_on(port: u16) -> RedisServer {
+        Self::try_start_on(port).await.unwrap_or_else(|| panic!("redis-server did not start on port {port}"))
+    }
+
+    /// `None` when the server exited (the port was taken) or did not answer in time.
+    async fn try_start_on(port: u16) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server; .ci/run does it)");
-        let server = RedisServer { child: Some(child), port };
+        let mut server = RedisServer { child: Some(child), port };
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !server.ping().await {
-            assert!(tokio::time::Instant::now() < deadline, "redis-server did not start on port {port}");
+        // Give a redis that cannot bind its port the time to exit before trusting a PONG.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        loop {
+            let exited = server.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || tokio::time::Instant::now() >= deadline {
+                server.stop();
+                return None;
+            }
+            if server.ping().await {
+                return Some(server);
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        server
     }
 
     pub fn url(&self) -> String {
