@@ -69,16 +69,6 @@ struct StandaloneArgs {
     /// Folder of `*.yaml` / `*.yml` manifests (multi-document, searched recursively).
     #[arg(long)]
     manifests: PathBuf,
-    /// Plain HTTP listener (HTTP/1.1 and h2c).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN); certificates come from the GatewayAPIs'
-    /// `tls.certificateRefs`, chosen by SNI.
-    #[arg(long)]
-    listen_tls: Option<SocketAddr>,
-    /// Admin listener: /healthz, /readyz, /metrics, /config.
-    #[arg(long, default_value = "127.0.0.1:9901")]
-    admin: SocketAddr,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -158,15 +148,6 @@ struct ProxyArgs {
     /// Reconnect when nothing arrived from the controller for this long (it sends keepalives).
     #[arg(long, default_value = "45s", value_parser = parse_duration)]
     controller_idle_timeout: Duration,
-    /// Plain HTTP listener (HTTP/1.1 and h2c).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN).
-    #[arg(long)]
-    listen_tls: Option<SocketAddr>,
-    /// Admin listener: /healthz, /readyz (ready after the first snapshot), /metrics, /config.
-    #[arg(long, default_value = "127.0.0.1:9901")]
-    admin: SocketAddr,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -174,6 +155,17 @@ struct ProxyArgs {
 /// Settings shared by every process that serves traffic.
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
+    /// Plain HTTP listener (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN); certificates come from the GatewayAPIs'
+    /// `tls.certificateRefs`, chosen by SNI.
+    #[arg(long)]
+    listen_tls: Option<SocketAddr>,
+    /// Admin listener: /healthz, /readyz (ready once a configuration is loaded), /metrics,
+    /// /config, /usage.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
     /// Where access-log lines go: `stdout` or `off`.
     #[arg(long, default_value = "stdout")]
     access_log: AccessLogTarget,
@@ -313,5 +305,16 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        // Catches duplicate flags between flattened argument groups, bad defaults, and so on.
+        super::Cli::command().debug_assert();
     }
 }

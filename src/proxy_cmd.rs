@@ -53,8 +53,16 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(subscriber.run(shutdown.clone()));
     tracing::info!(fleet = %args.fleet, "proxy starting; not ready until the first snapshot");
-    spawn_listeners(&mut tasks, &gateway, args.listen, args.listen_tls, args.admin, &settings, &shutdown)
-        .await?;
+    spawn_listeners(
+        &mut tasks,
+        &gateway,
+        args.serve.listen,
+        args.serve.listen_tls,
+        args.serve.admin,
+        &settings,
+        &shutdown,
+    )
+    .await?;
     drain_on_signal(tasks, stop, &gateway, settings.drain_timeout).await;
     Ok(())
 }

@@ -32,8 +32,16 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 
-    spawn_listeners(&mut tasks, &gateway, args.listen, args.listen_tls, args.admin, &settings, &shutdown)
-        .await?;
+    spawn_listeners(
+        &mut tasks,
+        &gateway,
+        args.serve.listen,
+        args.serve.listen_tls,
+        args.serve.admin,
+        &settings,
+        &shutdown,
+    )
+    .await?;
 
     let interval = args.serve.reload_interval;
     let mut reload_shutdown = shutdown.clone();
