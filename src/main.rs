@@ -197,6 +197,18 @@ struct ServeArgs {
     state_dir: Option<PathBuf>,
 }
 
+impl ServeArgs {
+    /// Connection-level settings of the traffic listeners.
+    fn server_settings(&self) -> tollgate_proxy::ServerSettings {
+        tollgate_proxy::ServerSettings {
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: self.header_read_timeout,
+            drain_timeout: self.drain_timeout,
+            ..tollgate_proxy::ServerSettings::default()
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum LogFormat {
     Text,

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tollgate_proxy::ServerSettings;
 use tollgate_proxy::subscribe::{SubscribeSettings, Subscriber};
 
 use crate::ProxyArgs;
@@ -43,26 +42,12 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let subscriber =
         Subscriber::new(settings, Arc::clone(&gateway), on_apply).context("setting up the subscription")?;
 
-    let settings = ServerSettings {
-        max_header_bytes: args.serve.max_header_bytes,
-        header_read_timeout: args.serve.header_read_timeout,
-        drain_timeout: args.serve.drain_timeout,
-        ..ServerSettings::default()
-    };
+    let settings = args.serve.server_settings();
     let (stop, shutdown) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(subscriber.run(shutdown.clone()));
     tracing::info!(fleet = %args.fleet, "proxy starting; not ready until the first snapshot");
-    spawn_listeners(
-        &mut tasks,
-        &gateway,
-        args.serve.listen,
-        args.serve.listen_tls,
-        args.serve.admin,
-        &settings,
-        &shutdown,
-    )
-    .await?;
+    spawn_listeners(&mut tasks, &gateway, &args.serve, &shutdown).await?;
     drain_on_signal(tasks, stop, &gateway, settings.drain_timeout).await;
     Ok(())
 }

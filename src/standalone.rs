@@ -11,9 +11,9 @@ use tollgate_controller::{compile, load, view};
 use tollgate_proxy::access_log::AccessLog;
 use tollgate_proxy::metrics::Metrics;
 use tollgate_proxy::upstream::{UpstreamClient, UpstreamSettings};
-use tollgate_proxy::{Gateway, ServerSettings, admin, server, tls};
+use tollgate_proxy::{Gateway, admin, server, tls};
 
-use crate::{AccessLogTarget, StandaloneArgs};
+use crate::{AccessLogTarget, ServeArgs, StandaloneArgs};
 
 /// Runs until SIGTERM / SIGINT, then drains.
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
@@ -23,25 +23,11 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let mut reloader = Reloader::new(args.manifests.clone(), Arc::clone(&gateway));
     reloader.reload().with_context(|| format!("loading manifests from {}", args.manifests.display()))?;
 
-    let settings = ServerSettings {
-        max_header_bytes: args.serve.max_header_bytes,
-        header_read_timeout: args.serve.header_read_timeout,
-        drain_timeout: args.serve.drain_timeout,
-        ..ServerSettings::default()
-    };
+    let settings = args.serve.server_settings();
     let (stop, shutdown) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 
-    spawn_listeners(
-        &mut tasks,
-        &gateway,
-        args.serve.listen,
-        args.serve.listen_tls,
-        args.serve.admin,
-        &settings,
-        &shutdown,
-    )
-    .await?;
+    spawn_listeners(&mut tasks, &gateway, &args.serve, &shutdown).await?;
 
     let interval = args.serve.reload_interval;
     let mut reload_shutdown = shutdown.clone();
@@ -92,12 +78,11 @@ pub(crate) fn build_gateway(serve: &crate::ServeArgs) -> anyhow::Result<Arc<Gate
 pub(crate) async fn spawn_listeners(
     tasks: &mut tokio::task::JoinSet<()>,
     gateway: &Arc<Gateway>,
-    listen: std::net::SocketAddr,
-    listen_tls: Option<std::net::SocketAddr>,
-    admin_address: std::net::SocketAddr,
-    settings: &ServerSettings,
+    serve: &ServeArgs,
     shutdown: &server::Shutdown,
 ) -> anyhow::Result<()> {
+    let (listen, listen_tls, admin_address) = (serve.listen, serve.listen_tls, serve.admin);
+    let settings = &serve.server_settings();
     let listener = bind(listen).await?;
     tracing::info!(address = %listen, "serving HTTP (HTTP/1.1, h2c)");
     tasks.spawn(server::serve(listener, None, Arc::clone(gateway), settings.clone(), shutdown.clone()));

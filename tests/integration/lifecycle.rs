@@ -75,8 +75,8 @@ async fn folder_changes_are_served_within_a_second_and_broken_files_keep_the_las
     .await;
 }
 
-#[tokio::test]
-async fn in_flight_requests_finish_across_a_reload() {
+/// An API whose `/delay/{ms}` route reaches a backend that answers after `ms` milliseconds.
+async fn slow_backend_manifests() -> (Manifests, Backend) {
     let backend = Backend::start("slow").await;
     let m = Manifests::new();
     m.write("api.yaml", &simple_api("r", "r"));
@@ -93,6 +93,12 @@ async fn in_flight_requests_finish_across_a_reload() {
             service_yaml("r", "s", 80, &[backend.addr])
         ),
     );
+    (m, backend)
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_across_a_reload() {
+    let (m, _backend) = slow_backend_manifests().await;
     let g = Tollgate::start(m.path()).await;
     let url = g.url("/delay/1500");
     let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
@@ -112,22 +118,7 @@ async fn in_flight_requests_finish_across_a_reload() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits() {
-    let backend = Backend::start("slow").await;
-    let m = Manifests::new();
-    m.write("api.yaml", &simple_api("r", "r"));
-    m.write(
-        "slow.yaml",
-        &format!(
-            "{}---\n{}",
-            route_yaml(
-                "r",
-                "slow",
-                "r",
-                "  match: {path: '/delay/{ms}'}\n  integration: {service: {name: s, port: 80}}\n"
-            ),
-            service_yaml("r", "s", 80, &[backend.addr])
-        ),
-    );
+    let (m, _backend) = slow_backend_manifests().await;
     let mut g = Tollgate::start(m.path()).await;
     let url = g.url("/delay/1000");
     let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });

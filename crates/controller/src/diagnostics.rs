@@ -76,6 +76,19 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    /// A finding about `field`.
+    pub fn new(
+        severity: Severity,
+        condition: &'static str,
+        reason: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic { severity, condition, reason, field: field.into(), message: message.into() }
+    }
+}
+
 /// A Kubernetes-style condition (without timestamps; the status writer adds those).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,10 +180,7 @@ impl Diagnostics {
         field: impl Into<String>,
         message: impl Into<String>,
     ) {
-        let (field, message) = (field.into(), message.into());
-        let diagnostic =
-            Diagnostic { severity: Severity::Error, condition: condition::ACCEPTED, reason, field, message };
-        self.add(kind, key, diagnostic);
+        self.add(kind, key, Diagnostic::new(Severity::Error, condition::ACCEPTED, reason, field, message));
     }
 
     /// A reference that did not resolve (`ResolvedRefs=False`).
@@ -182,15 +192,11 @@ impl Diagnostics {
         field: impl Into<String>,
         message: impl Into<String>,
     ) {
-        let (field, message) = (field.into(), message.into());
-        let diagnostic = Diagnostic {
-            severity: Severity::Error,
-            condition: condition::RESOLVED_REFS,
-            reason,
-            field,
-            message,
-        };
-        self.add(kind, key, diagnostic);
+        self.add(
+            kind,
+            key,
+            Diagnostic::new(Severity::Error, condition::RESOLVED_REFS, reason, field, message),
+        );
     }
 
     /// A warning that leaves the object accepted.
@@ -202,15 +208,7 @@ impl Diagnostics {
         field: impl Into<String>,
         message: impl Into<String>,
     ) {
-        let (field, message) = (field.into(), message.into());
-        let diagnostic = Diagnostic {
-            severity: Severity::Warning,
-            condition: condition::ACCEPTED,
-            reason,
-            field,
-            message,
-        };
-        self.add(kind, key, diagnostic);
+        self.add(kind, key, Diagnostic::new(Severity::Warning, condition::ACCEPTED, reason, field, message));
     }
 
     /// Whether the object has an error on `Accepted` so far.
