@@ -15,6 +15,7 @@ use tollgate_controller::leader::{Elector, LeaseSettings};
 use tollgate_controller::metrics::ControllerMetrics;
 use tollgate_controller::publish::Publisher;
 use tollgate_controller::reconcile::{Reconciler, run_status};
+use tollgate_controller::replicas::{ReportSettings, Reports, run_reports};
 use tollgate_controller::source::folder::FolderSource;
 use tollgate_controller::source::kube::{KubeSource, Namespaces};
 use tollgate_controller::source::{Changes, Source};
@@ -31,6 +32,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let sessions = Sessions::new(Arc::clone(&metrics));
     let (stop, shutdown) = watch::channel(false);
     let (leader_tx, leader_rx) = watch::channel(false);
+    // The other controller replicas' proxy counts (Kubernetes source only; the leader reads them).
+    let (peers_tx, peers_rx) = watch::channel(Vec::new());
     let (reports_tx, reports_rx) = watch::channel(None);
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -103,6 +106,26 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 duration: Duration::from_secs(15),
                 renew_every: Duration::from_secs(5),
             };
+            let report_settings = ReportSettings {
+                namespace: lease.namespace.clone(),
+                prefix: args.lease_name.clone(),
+                identity: identity.clone(),
+                duration: lease.duration,
+                renew_every: lease.renew_every,
+            };
+            let canary_peers = tollgate_controller::canary::peers::PeerSettings {
+                namespace: lease.namespace.clone(),
+                prefix: args.lease_name.clone(),
+                identity: identity.clone(),
+            };
+            tasks.spawn(run_reports(
+                Reports::new(client.clone(), report_settings),
+                Arc::clone(&publisher),
+                Arc::clone(&sessions),
+                leader_rx.clone(),
+                peers_tx,
+                shutdown.clone(),
+            ));
             tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), %identity, "leader election");
             let elector = Elector::new(client.clone(), lease);
             let leader_metric = Arc::clone(&metrics);
@@ -118,13 +141,30 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 instance: Some(identity),
             };
             let recorder =
+                tollgate_controller::kube::runtime::events::Recorder::new(client.clone(), reporter.clone());
+            // Canary analysis: leader only, its own field manager (status.stages) and Events.
+            let canary_recorder =
                 tollgate_controller::kube::runtime::events::Recorder::new(client.clone(), reporter);
+            let canary_loop = tollgate_controller::canary::leader::AnalysisLoop {
+                clock: tollgate_controller::canary::SystemClock,
+                writer: tollgate_controller::canary::leader::CanaryWriter {
+                    client: client.clone(),
+                    recorder: Some(canary_recorder),
+                },
+                sessions: Arc::clone(&sessions),
+                reports: reports_rx.clone(),
+                leader: leader_rx.clone(),
+                tick: Duration::from_millis(500),
+                peers: Some(tollgate_controller::canary::peers::Peers::new(client.clone(), canary_peers)),
+            };
+            tasks.spawn(tollgate_controller::canary::leader::run(canary_loop, shutdown.clone()));
             let writer = StatusWriter::new(client, Some(recorder), Arc::clone(&metrics));
             tasks.spawn(run_status(
                 writer,
                 reports_rx.clone(),
                 Arc::clone(&publisher),
                 Arc::clone(&sessions),
+                peers_rx.clone(),
                 leader_rx.clone(),
                 Duration::from_millis(500),
                 shutdown.clone(),
@@ -162,6 +202,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         reports: reports_rx,
         leader: leader_rx,
+        peers: peers_rx,
         source,
     });
     tasks.spawn(admin::serve(admin_listener, state, shutdown.clone()));

@@ -61,6 +61,9 @@ enum Command {
         /// Name reported in every answer (`server` field), to tell backends apart.
         #[arg(long, default_value = "echo")]
         name: String,
+        /// Answer this percentage of requests (spread evenly) with 500, to play a failing release.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        fail_percent: u8,
     },
 }
 
@@ -195,6 +198,15 @@ struct ServeArgs {
     /// Directory for durable local state (usage-plan quota counts) when no `--redis` is given.
     #[arg(long, env = "TOLLGATE_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Listener of the WebSocket @connections management API (`POST/GET/DELETE
+    /// /@connections/{id}`, SigV4-signed). Keep it reachable from inside the cluster only.
+    #[arg(long)]
+    connections_listen: Option<SocketAddr>,
+    /// The address other replicas reach this one's @connections listener at (connection ids
+    /// carry it, so a call reaching another replica is forwarded here). Default: the listen
+    /// address (loopback when it listens on every interface; set this, e.g. to the pod IP).
+    #[arg(long, env = "TOLLGATE_CONNECTIONS_ADVERTISE")]
+    connections_advertise: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -237,8 +249,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { dir, json } => validate::run(&dir, json),
-        Command::Echo { listen, name } => {
-            match build_tokio(None).map(|rt| rt.block_on(echo::run(listen, name))) {
+        Command::Echo { listen, name, fail_percent } => {
+            match build_tokio(None).map(|rt| rt.block_on(echo::run(listen, name, fail_percent))) {
                 Ok(Ok(())) => ExitCode::SUCCESS,
                 Ok(Err(error)) => {
                     eprintln!("tollgate: {error:#}");

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tollgate_controller::canary::{Analyzer, SystemClock};
 use tollgate_controller::fingerprint::Fingerprint;
+use tollgate_controller::load_cache::LoadCache;
 use tollgate_controller::{compile, load, view};
 use tollgate_proxy::access_log::AccessLog;
 use tollgate_proxy::metrics::Metrics;
@@ -34,9 +36,13 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     tasks.spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Canary analysis runs in-process, on this task (it may recompile with a new weight).
+        let mut canary = tokio::time::interval(CANARY_TICK);
+        canary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticker.tick() => reloader.poll(),
+                _ = canary.tick() => reloader.canary_tick(),
                 _ = server::stopped(&mut reload_shutdown) => return,
             }
         }
@@ -101,6 +107,18 @@ pub(crate) async fn spawn_listeners(
     let admin_listener = bind(admin_address).await?;
     tracing::info!(address = %admin_address, "serving admin (/healthz /readyz /metrics /config /usage)");
     tasks.spawn(admin::serve_admin(admin_listener, Arc::clone(gateway), None, shutdown.clone()));
+    if let Some(address) = serve.connections_listen {
+        let listener = bind(address).await?;
+        let bound = listener.local_addr().with_context(|| format!("binding {address}"))?;
+        let advertise = serve.connections_advertise.unwrap_or(if bound.ip().is_unspecified() {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
+        } else {
+            bound
+        });
+        gateway.websockets().set_owner(advertise);
+        tracing::info!(address = %bound, %advertise, "serving the WebSocket @connections API");
+        tasks.spawn(tollgate_proxy::connections::serve(listener, Arc::clone(gateway), shutdown.clone()));
+    }
     Ok(())
 }
 
@@ -115,6 +133,8 @@ pub(crate) async fn drain_on_signal(
     wait_for_signal().await;
     tracing::info!(?drain, "shutting down: no new connections, finishing in-flight requests");
     let _ = stop.send(true);
+    // WebSocket sessions outlive their HTTP connection: close them (1001) and run $disconnect.
+    gateway.websockets().drain(drain).await;
     while tasks.join_next().await.is_some() {}
     gateway.flush_access_log();
     gateway.traffic().flush();
@@ -147,19 +167,54 @@ pub(crate) async fn wait_for_signal() {
     }
 }
 
+/// How often the in-process canary analysis takes the local counts and checks its intervals.
+const CANARY_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Reloads the folder when its fingerprint changes; keeps the last good configuration when a
-/// reload fails.
+/// reload fails. Runs the canary analysis in-process: its effective weights are handed to compile
+/// as the GatewayAPIs' status (as the controller does through the API server).
 struct Reloader {
     dir: PathBuf,
     gateway: Arc<Gateway>,
     fingerprint: Option<Fingerprint>,
     version: u64,
     content_hash: String,
+    loaded: Option<load::Loaded>,
+    /// Parsed files: a change re-parses only the files that changed.
+    cache: LoadCache,
+    canary: Analyzer<SystemClock>,
 }
 
 impl Reloader {
     fn new(dir: PathBuf, gateway: Arc<Gateway>) -> Reloader {
-        Reloader { dir, gateway, fingerprint: None, version: 0, content_hash: String::new() }
+        Reloader {
+            dir,
+            gateway,
+            fingerprint: None,
+            version: 0,
+            content_hash: String::new(),
+            loaded: None,
+            cache: LoadCache::new(),
+            canary: Analyzer::new(SystemClock),
+        }
+    }
+
+    /// Feeds the local per-track counts to the analysis; recompiles when a weight changed.
+    fn canary_tick(&mut self) {
+        let reports = self.gateway.metrics().drain_track_stats();
+        self.canary.record(&reports);
+        let decisions = self.canary.tick();
+        if decisions.is_empty() {
+            return;
+        }
+        for (id, decision) in &decisions {
+            if decision.verdict.is_step() {
+                tracing::warn!(api = %id.api, stage = %id.stage, verdict = decision.verdict.reason(), weight = decision.weight.percent(), "{}", decision.message);
+            } else {
+                tracing::info!(api = %id.api, stage = %id.stage, verdict = decision.verdict.reason(), weight = decision.weight.percent(), "{}", decision.message);
+            }
+        }
+        self.compile_and_apply();
     }
 
     fn poll(&mut self) {
@@ -176,7 +231,7 @@ impl Reloader {
     fn reload(&mut self) -> anyhow::Result<()> {
         // Fingerprint before reading, so a write that lands during the read triggers another reload.
         let fingerprint = Fingerprint::of(&self.dir).ok();
-        let loaded = match load::load_dir(&self.dir) {
+        let loaded = match self.cache.load_dir(&self.dir) {
             Ok(loaded) => loaded,
             Err(error) => {
                 self.fingerprint = fingerprint;
@@ -190,8 +245,34 @@ impl Reloader {
             }
         };
         self.fingerprint = fingerprint;
-        let mut compiled = compile::compile_loaded(&loaded);
-        log_reports(&self.dir, &compiled.reports);
+        let files = loaded.files.len();
+        self.loaded = Some(loaded);
+        if let Some(compiled) = self.compile_and_apply() {
+            log_reports(&self.dir, &compiled.reports);
+            tracing::debug!(files, "manifests read");
+        }
+        Ok(())
+    }
+
+    /// Compiles what was loaded with the analysis' weights, applies it when it changed, and
+    /// refreshes `/config`.
+    fn compile_and_apply(&mut self) -> Option<compile::Compiled> {
+        let loaded = self.loaded.as_mut()?;
+        let statuses = self.canary.statuses();
+        for api in &mut loaded.inputs.gateway_apis {
+            let key = api.key();
+            let stages: Vec<tollgate_crds::StageStatus> = statuses
+                .iter()
+                .filter(|(id, _)| id.api == key)
+                .map(|(id, status)| tollgate_crds::StageStatus {
+                    name: id.stage.clone(),
+                    canary: Some(status.clone()),
+                })
+                .collect();
+            api.object.status.get_or_insert_with(Default::default).stages = stages;
+        }
+        let mut compiled = compile::compile_loaded(loaded);
+        self.canary.sync(&compiled.snapshot, |_| None);
         if compiled.snapshot.content_hash != self.content_hash || self.version == 0 {
             self.version += 1;
             self.content_hash = compiled.snapshot.content_hash.clone();
@@ -206,8 +287,12 @@ impl Reloader {
         } else {
             compiled.snapshot.version = self.version;
         }
-        self.gateway.set_config_view(view::config_view(&compiled.snapshot, &compiled.reports, None));
-        Ok(())
+        let mut config = view::config_view(&compiled.snapshot, &compiled.reports, None);
+        if let Some(object) = config.as_object_mut() {
+            object.insert("canaries".into(), self.canary.view(&compiled.snapshot));
+        }
+        self.gateway.set_config_view(config);
+        Some(compiled)
     }
 }
 

@@ -46,13 +46,13 @@ async fn health_readiness_and_metrics() {
     .await;
     let metrics = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(
-        r#"tollgate_requests_total{api="shop/shop",method="GET",route="shop/get-order",stage="prod",status_class="2xx"} 1"#
+        r#"tollgate_requests_total{api="shop/shop",method="GET",route="shop/get-order",stage="prod",status_class="2xx",track="stable"} 1"#
     ), "{metrics}");
     assert!(metrics.contains(
         r#"tollgate_request_duration_seconds_bucket{api="shop/shop",route="shop/get-order",stage="prod""#
     ));
     assert!(metrics.contains(
-        r#"tollgate_upstream_duration_seconds_count{api="shop/shop",route="shop/get-order",stage="prod"} 1"#
+        r#"tollgate_upstream_duration_seconds_count{api="shop/shop",route="shop/get-order",stage="prod",track="stable"} 1"#
     ));
     assert!(metrics.contains("tollgate_config_version 1"));
     assert!(!metrics.contains("/nope"), "raw paths never become label values");

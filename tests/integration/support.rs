@@ -20,9 +20,34 @@ use hyper_util::server::conn::auto;
 /// The most any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// A free port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
+/// A free port on 127.0.0.1 for a process a test starts.
+///
+/// Ports are handed out by a counter below the kernel's ephemeral range, so no two calls in this
+/// test run return the same port, and neither `bind(0)` nor an outgoing connection elsewhere in
+/// the run can take one (both draw from the ephemeral range). Each candidate is checked by
+/// binding it. Falls back to a kernel-chosen port if the range below is too small.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const LOW: usize = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_start.saturating_sub(LOW);
+    if span < 1_000 {
+        return std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    // A different starting point per run, so that a port still in TIME_WAIT from the last run is
+    // unlikely to come up first.
+    let offset = usize::try_from(std::process::id()).unwrap_or(0).wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (offset + n) % span).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {ephemeral_start}");
 }
 
 /// An address where nothing listens, and nothing else can start listening while the guard lives
@@ -434,19 +459,43 @@ impl TestPki {
 /// An HTTPS echo backend (same behaviour as [`Backend`]) with a certificate for `localhost` from
 /// `pki`.
 pub async fn tls_backend(name: &str, pki: &TestPki) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    https_echo(name, pki, false).await
+}
+
+/// An HTTPS echo backend like [`tls_backend`] that requires a client certificate issued by
+/// `pki` (mutual TLS): a handshake without one fails.
+pub async fn mtls_backend(name: &str, pki: &TestPki) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    https_echo(name, pki, true).await
+}
+
+async fn https_echo(
+    name: &str,
+    pki: &TestPki,
+    require_client_cert: bool,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     use rustls::pki_types::pem::PemObject;
     let (cert, key) = pki.leaf(&["localhost"]);
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if require_client_cert {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
             .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -466,4 +515,11 @@ pub async fn tls_backend(name: &str, pki: &TestPki) -> (SocketAddr, tokio::task:
         }
     });
     (addr, task)
+}
+
+impl Tollgate {
+    /// The gateway process's id (for reading its resident memory in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }

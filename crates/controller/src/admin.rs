@@ -34,6 +34,8 @@ pub struct AdminState {
     pub reports: watch::Receiver<Option<Arc<Report>>>,
     /// Leadership (always false for the folder source, which writes no status).
     pub leader: watch::Receiver<bool>,
+    /// The other replicas' proxy reports (kept current while this replica leads).
+    pub peers: watch::Receiver<Vec<crate::replicas::ReplicaReport>>,
     /// The source, for its last error.
     pub source: Arc<dyn Source>,
 }
@@ -92,7 +94,7 @@ fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>>
                 })
                 .collect();
             let progress: serde_json::Map<String, serde_json::Value> =
-                fleet_progress(&state.publisher, &state.sessions)
+                fleet_progress(&state.publisher, &state.sessions, &state.peers.borrow())
                     .into_iter()
                     .map(|(key, p)| {
                         (key.to_string(), json!({"fleet": p.fleet, "connected": p.proxies.connected, "upToDate": p.proxies.up_to_date}))

@@ -5,7 +5,9 @@
 //!
 //! Phases:
 //! 1. GatewayAPIs: validate fields, claim hostnames (conflicts rejected), resolve TLS Secrets.
-//! 2. Routes: validate match and integration, check the API allows the Route's namespace.
+//! 2. ServiceExports compile on their own (backend, TLS Secrets, balancing, outlier detection);
+//!    Routes: validate match and integration, check the API allows the Route's namespace and a
+//!    `serviceExport` allows the Route's API.
 //! 3. Stages: select each stage's Routes, substitute stage variables, resolve backends, reject
 //!    duplicates per stage.
 //! 4. Authorization: Authorizers and their Secrets compile on their own; each Route's
@@ -17,12 +19,16 @@
 mod api;
 mod auth;
 mod backend;
+mod canary;
+mod claims;
 mod route;
 mod selector;
+mod service_export;
 mod stage;
 mod tls;
 mod traffic;
 mod variables;
+mod websocket;
 
 use std::collections::BTreeMap;
 
@@ -72,7 +78,14 @@ fn compile_with(inputs: &Inputs, extra: impl FnOnce(&mut Diagnostics)) -> Compil
 
     let apis = api::compile_apis(&ordered(&inputs.gateway_apis), &secrets, &mut diagnostics);
     let authorizers = auth::compile_authorizers(&ordered(&inputs.authorizers), &secrets, &mut diagnostics);
-    let mut routes = route::compile_routes(&ordered(&inputs.routes), &apis, inputs, &mut diagnostics);
+    let exports = service_export::compile_exports(
+        &ordered(&inputs.service_exports),
+        &services,
+        &secrets,
+        &mut diagnostics,
+    );
+    let mut routes =
+        route::compile_routes(&ordered(&inputs.routes), &apis, inputs, &exports, &mut diagnostics);
     auth::resolve_routes(&mut routes, &apis, &authorizers, &mut diagnostics);
     let traffic_inputs = traffic::TrafficInputs::new(inputs, &mut diagnostics);
     let mut snapshot_apis = Vec::new();
@@ -94,6 +107,7 @@ fn compile_with(inputs: &Inputs, extra: impl FnOnce(&mut Diagnostics)) -> Compil
             stages,
             traffic: traffic::api_traffic(&api.key, api.object, &mut diagnostics),
             auth: api_auth,
+            web_socket: api.web_socket.clone(),
         });
     }
     for route in &routes {
@@ -120,15 +134,6 @@ fn track_all(inputs: &Inputs, d: &mut Diagnostics) {
     each(d, Kind::Authorizer, &inputs.authorizers);
     each(d, Kind::UsagePlan, &inputs.usage_plans);
     each(d, Kind::ServiceExport, &inputs.service_exports);
-    for e in &inputs.service_exports {
-        d.warn(
-            Kind::ServiceExport,
-            &e.key(),
-            crate::diagnostics::reason::NOT_YET_ENFORCED,
-            "spec",
-            "ServiceExports are not yet enforced by this version; Routes that use one are not served",
-        );
-    }
 }
 
 /// Objects in conflict-resolution order: creation time, then namespace, then name.

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod admin;
+pub mod canary;
 pub mod compile;
 pub mod debounce;
 pub mod diagnostics;
@@ -16,11 +17,15 @@ pub mod fingerprint;
 pub mod inputs;
 pub mod leader;
 pub mod load;
+pub mod load_cache;
 pub mod metrics;
 pub mod publish;
 pub mod reconcile;
+pub mod replica_lease;
+pub mod replicas;
 pub mod source;
 pub mod status;
+pub mod tls_reload;
 pub mod view;
 
 pub use compile::{Compiled, compile};

@@ -16,6 +16,7 @@ use crate::distribute::Sessions;
 use crate::load::Loaded;
 use crate::metrics::ControllerMetrics;
 use crate::publish::Publisher;
+use crate::replicas::{ReplicaReport, add_peers};
 use crate::source::{ChangeSet, Changes, Source};
 use crate::status::{FleetProgress, StatusWriter};
 
@@ -109,11 +110,22 @@ impl Reconciler {
         };
         self.metrics.compile_duration.observe(started.elapsed().as_secs_f64());
         let publisher = Arc::clone(&self.publisher);
-        let snapshot = compiled.snapshot.clone();
-        // Encoding and compressing frames is CPU work too.
-        let outcome = tokio::task::spawn_blocking(move || publisher.publish(&snapshot, changed_at)).await;
+        // Encoding and compressing frames is CPU work too. The compile result moves to the blocking
+        // thread and back: copying 10,000 routes costs more than the move.
+        let published = tokio::task::spawn_blocking(move || {
+            let outcome = publisher.publish(&compiled.snapshot, changed_at);
+            (compiled, outcome)
+        })
+        .await;
+        let (compiled, outcome) = match published {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::error!(%error, "publishing panicked; still serving the last snapshot");
+                return;
+            }
+        };
         match outcome {
-            Ok(Ok(outcome)) => {
+            Ok(outcome) => {
                 let result = if outcome.changed_fleets.is_empty() { "unchanged" } else { "published" };
                 self.metrics.reconciles.with_label_values(&["full", result]).inc();
                 if !outcome.changed_fleets.is_empty() {
@@ -127,8 +139,7 @@ impl Reconciler {
                     );
                 }
             }
-            Ok(Err(error)) => tracing::error!(%error, "publishing failed; still serving the last snapshot"),
-            Err(error) => tracing::error!(%error, "publishing panicked"),
+            Err(error) => tracing::error!(%error, "publishing failed; still serving the last snapshot"),
         }
         self.reports.send_replace(Some(Arc::new(Report { loaded, compiled })));
     }
@@ -141,10 +152,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Proxy progress of every served GatewayAPI.
-pub fn fleet_progress(publisher: &Publisher, sessions: &Sessions) -> BTreeMap<ObjectKey, FleetProgress> {
+/// Proxy progress of every served GatewayAPI: this replica's proxies plus what the other
+/// replicas report (`peers`, see [`crate::replicas`]).
+pub fn fleet_progress(
+    publisher: &Publisher,
+    sessions: &Sessions,
+    peers: &[ReplicaReport],
+) -> BTreeMap<ObjectKey, FleetProgress> {
     let published = publisher.current();
-    let counts = sessions.api_counts(&published);
+    let generations = published.apis.iter().map(|(key, api)| (key.clone(), api.generation)).collect();
+    let counts = add_peers(&sessions.api_counts(&published), &generations, peers);
     published
         .apis
         .iter()
@@ -155,13 +172,16 @@ pub fn fleet_progress(publisher: &Publisher, sessions: &Sessions) -> BTreeMap<Ob
         .collect()
 }
 
-/// The leader's status loop: after every compile and whenever proxies connect or apply, bring
-/// status up to date; at most one pass per `min_interval`.
+/// The leader's status loop: after every compile and whenever proxies connect or apply (here or,
+/// through `peers`, on another replica), bring status up to date; at most one pass per
+/// `min_interval`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_status(
     mut writer: StatusWriter,
     mut reports: watch::Receiver<Option<Arc<Report>>>,
     publisher: Arc<Publisher>,
     sessions: Arc<Sessions>,
+    mut peers: watch::Receiver<Vec<ReplicaReport>>,
     mut leader: watch::Receiver<bool>,
     min_interval: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -171,6 +191,7 @@ pub async fn run_status(
         tokio::select! {
             _ = reports.changed() => {}
             _ = proxies.changed() => {}
+            Ok(()) = peers.changed() => {}
             _ = leader.changed() => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
@@ -180,7 +201,7 @@ pub async fn run_status(
         }
         let Some(report) = reports.borrow_and_update().clone() else { continue };
         proxies.borrow_and_update();
-        let progress = fleet_progress(&publisher, &sessions);
+        let progress = fleet_progress(&publisher, &sessions, &peers.borrow_and_update());
         let now = Time(Timestamp::now());
         let summary = writer.write(&report.compiled.reports, &report.loaded.inputs, &progress, &now).await;
         if summary.written > 0 || summary.failed > 0 {

@@ -1,7 +1,7 @@
 //! The controller's Kubernetes IO against a fake API server (tower-test): one scenario per test,
 //! asserting the exact requests — status patches (server-side apply, field manager, body),
-//! Events, Lease create / renew / takeover, TokenReview. Objects are in the shape the API server
-//! returns them (`tests/fixtures/*.json`).
+//! Events, Lease create / renew / takeover, per-replica report Leases, TokenReview. Objects are in
+//! the shape the API server returns them (`tests/fixtures/*.json`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -15,11 +15,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use tollgate_controller::distribute::Authenticator;
 use tollgate_controller::distribute::auth::TokenReviewer;
 use tollgate_controller::inputs::{Inputs, Object};
 use tollgate_controller::leader::{Elector, LeaseSettings};
 use tollgate_controller::metrics::ControllerMetrics;
+use tollgate_controller::replicas::{ApiReport, ReplicaReport, ReportSettings, Reports};
 use tollgate_controller::status::{FIELD_MANAGER, StatusWriter};
 use tower_test::mock::{self, Handle};
 
@@ -435,5 +437,317 @@ async fn token_review_admits_only_the_listed_service_account() {
     let denied = auth.authenticate(&bearer("another.token.sig")).await.unwrap_err();
     assert!(denied.to_string().contains("system:serviceaccount:default:default"), "{denied}");
     assert!(auth.authenticate(&http::HeaderMap::new()).await.is_err());
+    server.await.unwrap();
+}
+
+/// The canary analysis (leader): a new canary's state is written to `status.stages` under its own
+/// field manager; counts reported by proxies are judged when the interval ends (injected clock),
+/// and a failing canary's rollback is written with its reason and announced by a Warning Event.
+#[tokio::test]
+async fn canary_analysis_writes_its_steps_to_status_stages_with_an_event_per_step() {
+    use std::sync::Arc;
+
+    use tollgate_controller::canary::{ManualClock, leader};
+    use tollgate_controller::distribute::Sessions;
+    use tollgate_controller::load::Loaded;
+    use tollgate_controller::reconcile::Report;
+    use tollgate_ir::canary::{Track, TrackCounts, TrackReport};
+
+    let (client, handle) = fake_api();
+    let mut api = fixture("gatewayapi.json");
+    api["spec"]["stages"] = json!([{"name": "prod", "canary": {"weight": 10,
+        "analysis": {"interval": "1m", "minRequests": 10, "maxErrorRate": 1}}}]);
+    let loaded = Loaded { inputs: inputs(api, vec![]), ..Loaded::default() };
+    let compiled = tollgate_controller::compile(&loaded.inputs);
+    let revision = compiled.snapshot.apis[0].stages[0].canary.as_ref().unwrap().revision.clone();
+    let (_reports_tx, reports) =
+        tokio::sync::watch::channel(Some(Arc::new(Report { loaded: Arc::new(loaded), compiled })));
+    let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let sessions = Sessions::new(ControllerMetrics::new().unwrap());
+    let session = sessions.open("default", "token", "proxy-a");
+    let clock = ManualClock::new(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000));
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter { controller: "tollgate-controller".into(), instance: None },
+    );
+    let writer = leader::CanaryWriter { client, recorder: Some(recorder) };
+    let setup = leader::AnalysisLoop {
+        clock: clock.clone(),
+        writer,
+        sessions: Arc::clone(&sessions),
+        reports,
+        leader: leader_rx,
+        tick: Duration::from_millis(20),
+        peers: None,
+    };
+    let task = tokio::spawn(leader::run(setup, shutdown));
+    let mut handle = pin!(handle);
+    let path = format!(
+        "/apis/tollgate.dev/v1alpha1/namespaces/shop/gatewayapis/shop/status?&force=true&fieldManager={}",
+        leader::FIELD_MANAGER
+    );
+    // 1. The analysis starts at the spec's weight.
+    let (parts, body, send) = next(&mut handle).await;
+    assert_eq!((parts.method.as_str(), parts.uri.to_string()), ("PATCH", path.clone()));
+    assert!(body.get("spec").is_none(), "never touch spec");
+    let canary = &body["status"]["stages"][0]["canary"];
+    assert_eq!(body["status"]["stages"][0]["name"], "prod");
+    assert_eq!(
+        (canary["phase"].as_str(), canary["effectiveWeight"].as_f64()),
+        (Some("Progressing"), Some(10.0))
+    );
+    assert_eq!(canary["revision"].as_str(), Some(revision.as_str()));
+    respond(send, 200, &fixture("gatewayapi.json"));
+
+    // 2. Two proxies report; one of five canary requests failed: rolled back at the interval's end.
+    let mut canary_counts = TrackCounts::default();
+    for i in 0..50 {
+        canary_counts.observe(if i % 5 == 0 { 503 } else { 200 }, 4.0);
+    }
+    let report = |track, counts: &TrackCounts| TrackReport {
+        api: tollgate_ir::ObjectKey::new("shop", "shop"),
+        stage: "prod".into(),
+        track,
+        revision: revision.clone(),
+        counts: counts.clone(),
+    };
+    assert!(sessions.record_stats(&session.id, vec![report(Track::Canary, &canary_counts)]));
+    assert!(sessions.record_stats(&session.id, vec![report(Track::Canary, &canary_counts)]));
+    assert!(!sessions.record_stats("unknown-session", vec![]), "reports need a live session");
+    clock.advance(Duration::from_secs(60));
+    let (parts, body, send) = next(&mut handle).await;
+    assert_eq!(parts.method, http::Method::POST, "an Event first");
+    assert!(parts.uri.to_string().contains("/events"), "{}", parts.uri);
+    assert_eq!((body["type"].as_str(), body["reason"].as_str()), (Some("Warning"), Some("CanaryRolledBack")));
+    assert!(body["note"].as_str().unwrap().contains("canary error rate 20.00 % (20 of 100"), "{body}");
+    respond(send, 201, &body);
+    let (parts, body, send) = next(&mut handle).await;
+    assert_eq!(parts.uri.to_string(), path);
+    let canary = &body["status"]["stages"][0]["canary"];
+    assert_eq!(
+        (canary["phase"].as_str(), canary["effectiveWeight"].as_f64()),
+        (Some("RolledBack"), Some(0.0))
+    );
+    assert!(canary["lastDecision"].as_str().unwrap().starts_with("rolled back from 10 % to 0 %"), "{canary}");
+    assert_eq!(canary["history"].as_array().unwrap().len(), 1);
+    respond(send, 200, &fixture("gatewayapi.json"));
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
+/// Canary counts across replicas: this replica's totals go into its own Lease (SSA, label and
+/// annotation); the leader lists the others' and gets only what grew since its last read (the
+/// first sight of a peer is a baseline, this replica's own Lease is skipped).
+#[tokio::test]
+async fn canary_counts_travel_between_replicas_in_leases() {
+    use tollgate_controller::canary::peers::{PEER_ANNOTATION, PEER_LABEL, PeerSettings, Peers, Totals};
+    use tollgate_ir::canary::{Track, TrackCounts, TrackReport};
+
+    let report = |requests: u64| {
+        let mut counts = TrackCounts::default();
+        for _ in 0..requests {
+            counts.observe(200, 2.0);
+        }
+        TrackReport {
+            api: tollgate_ir::ObjectKey::new("shop", "shop"),
+            stage: "prod".into(),
+            track: Track::Canary,
+            revision: "r1".into(),
+            counts,
+        }
+    };
+    let lease = move |name: &str, requests: u64| {
+        json!({"metadata": {"name": name, "namespace": "tollgate-system", "labels": {PEER_LABEL: "true"},
+               "annotations": {PEER_ANNOTATION: serde_json::to_string(&vec![report(requests)]).unwrap()}},
+               "spec": {"holderIdentity": name}})
+    };
+    let (client, handle) = fake_api();
+    let settings = PeerSettings {
+        namespace: "tollgate-system".into(),
+        prefix: "tollgate-controller".into(),
+        identity: "a".into(),
+    };
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        let (parts, body, send) = next(&mut handle).await;
+        assert_eq!(parts.method, http::Method::PATCH);
+        assert_eq!(
+            parts.uri.to_string(),
+            "/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases/tollgate-controller-canary-a?&force=true&fieldManager=tollgate-canary"
+        );
+        assert_eq!(body["metadata"]["labels"][PEER_LABEL], "true");
+        let published: Vec<TrackReport> =
+            serde_json::from_str(body["metadata"]["annotations"][PEER_ANNOTATION].as_str().unwrap()).unwrap();
+        assert_eq!(published[0].counts.requests, 7);
+        respond(send, 200, &body);
+        for peer_requests in [100, 130] {
+            let (parts, _, send) = next(&mut handle).await;
+            assert_eq!(parts.method, http::Method::GET);
+            assert!(
+                parts.uri.to_string().contains("labelSelector=tollgate.dev%2Fcanary-report%3Dtrue"),
+                "{}",
+                parts.uri
+            );
+            let list = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {},
+                              "items": [lease("tollgate-controller-canary-a", 7), lease("tollgate-controller-canary-b", peer_requests)]});
+            respond(send, 200, &list);
+        }
+    });
+    let mut peers = Peers::new(client, settings);
+    let mut totals = Totals::default();
+    totals.add(&[report(7)]);
+    peers.publish(&totals, Timestamp::now()).await.unwrap();
+    assert!(peers.growth().await.unwrap().is_empty(), "the first sight of a peer is its baseline");
+    let growth = peers.growth().await.unwrap();
+    server.await.unwrap();
+    assert_eq!(growth.len(), 1);
+    assert_eq!(growth[0].counts.requests, 30);
+}
+
+// Proxy counts shared between controller replicas (`replicas`): the exact Lease requests each
+// replica makes, and how the leader reads the others' reports.
+
+fn report_settings() -> ReportSettings {
+    ReportSettings {
+        namespace: "tollgate-system".into(),
+        prefix: "tollgate-controller".into(),
+        identity: "controller-0_1a2b".into(),
+        duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    }
+}
+
+fn report_lease(name: &str, renew: &str, report: Option<&str>) -> Value {
+    let mut annotations = json!({});
+    if let Some(report) = report {
+        annotations = json!({"tollgate.dev/proxies": report});
+    }
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name, "namespace": "tollgate-system", "resourceVersion": "7",
+                     "labels": {"tollgate.dev/proxy-report": "true"}, "annotations": annotations},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 15, "renewTime": renew},
+    })
+}
+
+fn lease_list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {"resourceVersion": "9"},
+           "items": items})
+}
+
+/// A replica writes its report into its own Lease by server-side apply: identity, labels, the
+/// report annotation and the renew time, nothing else.
+#[tokio::test]
+async fn a_replica_applies_its_report_lease() {
+    let (client, handle) = fake_api();
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        let (parts, body, send) = next(&mut handle).await;
+        assert_eq!(parts.method, http::Method::PATCH);
+        assert_eq!(
+            parts.uri.to_string(),
+            format!(
+                "/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases/\
+                 tollgate-controller-proxies-controller-0-1a2b?&force=true&fieldManager={FIELD_MANAGER}"
+            )
+        );
+        assert_eq!(parts.headers["content-type"], "application/apply-patch+yaml");
+        assert_eq!(
+            body,
+            json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": "tollgate-controller-proxies-controller-0-1a2b",
+                    "namespace": "tollgate-system",
+                    "labels": {"tollgate.dev/proxy-report": "true"},
+                    "annotations": {"tollgate.dev/proxies":
+                        r#"{"shop/shop":{"generation":3,"connected":2,"upToDate":1}}"#},
+                },
+                "spec": {
+                    "holderIdentity": "controller-0_1a2b",
+                    "leaseDurationSeconds": 15,
+                    "renewTime": "2025-06-02T10:00:00.000000Z",
+                },
+            })
+        );
+        respond(send, 200, &body);
+    });
+    let reports = Reports::new(client, report_settings());
+    let report = ReplicaReport::from([(
+        "shop/shop".to_string(),
+        ApiReport { generation: 3, connected: 2, up_to_date: 1 },
+    )]);
+    reports.publish(&report, "2025-06-02T10:00:00Z".parse::<Timestamp>().unwrap()).await.unwrap();
+    server.await.unwrap();
+}
+
+/// The leader lists report Leases by label, skips its own, skips unreadable ones, and drops a
+/// peer whose renew time stayed the same for a whole lease duration (a replica that died).
+#[tokio::test]
+async fn the_leader_reads_live_peer_reports_and_drops_stale_ones() {
+    let (client, handle) = fake_api();
+    let own = "tollgate-controller-proxies-controller-0-1a2b";
+    let alive = r#"{"shop/shop":{"generation":3,"connected":4,"upToDate":4}}"#;
+    let dead = r#"{"shop/shop":{"generation":2,"connected":1,"upToDate":0}}"#;
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        // First look: both readable peers count (a new leader cannot know yet that one is dead).
+        for alive_renew in ["2025-06-02T10:00:00.000000Z", "2025-06-02T10:00:20.000000Z"] {
+            let (parts, _, send) = next(&mut handle).await;
+            assert_eq!(parts.method, http::Method::GET);
+            assert_eq!(
+                parts.uri.to_string(),
+                "/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases?&labelSelector=tollgate.dev%2Fproxy-report%3Dtrue"
+            );
+            respond(
+                send,
+                200,
+                &lease_list(vec![
+                    report_lease(own, "2025-06-02T10:00:00.000000Z", Some("{}")),
+                    report_lease("tollgate-controller-proxies-controller-1-aaaa", alive_renew, Some(alive)),
+                    report_lease(
+                        "tollgate-controller-proxies-controller-2-bbbb",
+                        "2025-06-02T09:59:59.000000Z",
+                        Some(dead),
+                    ),
+                    report_lease("tollgate-controller-proxies-garbled", alive_renew, Some("not json")),
+                ]),
+            );
+        }
+    });
+    let mut reports = Reports::new(client, report_settings());
+    let start = Instant::now();
+    let first = reports.peers(start).await.unwrap();
+    assert_eq!(first.len(), 2, "{first:?}");
+    // 20 s later: the first peer renewed, the second did not (15 s lease).
+    let later = reports.peers(start + Duration::from_secs(20)).await.unwrap();
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0]["shop/shop"], ApiReport { generation: 3, connected: 4, up_to_date: 4 });
+    server.await.unwrap();
+}
+
+/// A replica that stops deletes its report; one that is already gone is not an error.
+#[tokio::test]
+async fn a_stopping_replica_deletes_its_report() {
+    let (client, handle) = fake_api();
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        let (parts, _, send) = next(&mut handle).await;
+        assert_eq!(parts.method, http::Method::DELETE);
+        assert_eq!(
+            parts.uri.path(),
+            "/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases/tollgate-controller-proxies-controller-0-1a2b"
+        );
+        respond(
+            send,
+            404,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                    "message": "leases.coordination.k8s.io \"x\" not found"}),
+        );
+    });
+    Reports::new(client, report_settings()).withdraw().await.unwrap();
     server.await.unwrap();
 }

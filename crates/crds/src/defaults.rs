@@ -10,6 +10,15 @@ pub const FLEET: &str = "default";
 pub const STAGE_NAME: &str = "default";
 /// `GatewayAPI.spec.routeSelectionExpression` (WebSocket APIs).
 pub const ROUTE_SELECTION_EXPRESSION: &str = "$request.body.action";
+/// `GatewayAPI.spec.webSocket.maxFrameBytes`: 32 KiB.
+pub const WEBSOCKET_MAX_FRAME_BYTES: i64 = 32 * 1024;
+/// `GatewayAPI.spec.webSocket.maxMessageBytes`: 128 KiB.
+pub const WEBSOCKET_MAX_MESSAGE_BYTES: i64 = 128 * 1024;
+/// `GatewayAPI.spec.webSocket.idleTimeout` and `Route.spec.integration.webSocket.idleTimeout`.
+pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// `GatewayAPI.spec.webSocket.maxConnectionDuration` and
+/// `Route.spec.integration.webSocket.maxConnectionDuration`.
+pub const WEBSOCKET_MAX_CONNECTION_DURATION: Duration = Duration::from_secs(7200);
 /// `GatewayAPI.spec.limits.maxRequestBodyBytes`: 10 MiB.
 pub const MAX_REQUEST_BODY_BYTES: i64 = 10 * 1024 * 1024;
 /// `GatewayAPI.spec.limits.timeout`, and so every integration's timeout.
@@ -19,7 +28,7 @@ pub const STAGE_CACHE_TTL: Duration = Duration::from_secs(300);
 /// `stages[].cache.maxBytes`: 64 MiB per proxy replica.
 pub const STAGE_CACHE_MAX_BYTES: i64 = 64 * 1024 * 1024;
 /// `stages[].canary.forceHeader.name`.
-pub const CANARY_FORCE_HEADER: &str = "x-tollgate-track";
+pub const CANARY_FORCE_HEADER: &str = "x-tollgate-canary";
 /// `stages[].canary.analysis.interval`.
 pub const CANARY_ANALYSIS_INTERVAL: Duration = Duration::from_secs(60);
 /// `stages[].canary.analysis.stepWeight`, in percentage points.

@@ -13,7 +13,7 @@ use crate::common::{
 };
 
 pub use stage::{AccessLog, Canary, CanaryAnalysis, CanaryForceHeader, Stage, StageCache};
-pub use status::{CanaryPhase, CanaryStatus, GatewayApiStatus, ProxyCounts, StageStatus};
+pub use status::{CanaryPhase, CanaryStatus, CanaryStep, GatewayApiStatus, ProxyCounts, StageStatus};
 
 /// The fleet that serves an API when `spec.fleet` is not set (same as [`crate::defaults::FLEET`]).
 pub const DEFAULT_FLEET: &str = crate::defaults::FLEET;
@@ -131,6 +131,38 @@ pub struct GatewayApiSpec {
     /// connections. Ignored for HTTP APIs. Default: nobody.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections_api: Option<ConnectionsApi>,
+
+    /// WebSocket APIs: frame and message size limits, idle timeout and maximum connection
+    /// lifetime. Ignored for HTTP APIs. Default: see the fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_socket: Option<WebSocketLimits>,
+}
+
+/// Limits of a managed WebSocket API's client connections.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketLimits {
+    /// Largest frame a client may send, in bytes; a larger frame closes the connection with
+    /// status 1009 (message too big). Default: 32768 (32 KiB, as AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 125))]
+    pub max_frame_bytes: Option<i64>,
+
+    /// Largest message (all frames of a fragmented message together) a client may send, in
+    /// bytes; a larger message closes the connection with status 1009. Default: 131072
+    /// (128 KiB, as AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 125))]
+    pub max_message_bytes: Option<i64>,
+
+    /// A connection with no message in either direction for this long is closed (status 1001).
+    /// Default: `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+
+    /// A connection is closed (status 1001) once it has been open this long. Default: `2h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<Duration>,
 }
 
 /// The protocol of an API.
@@ -308,9 +340,12 @@ pub struct Limits {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionsApi {
-    /// Selects, by label, Secrets of type `tollgate.dev/api-key` in the API's namespace; callers
-    /// of the management API present one of these keys in the `x-api-key` header. The API is
-    /// reachable from inside the cluster only.
+    /// Selects, by label, Secrets of type `tollgate.dev/access-key` (entries `accessKeyId` and
+    /// `secretAccessKey`) in the API's namespace; callers of the management API sign their
+    /// requests with one of these keys (AWS Signature Version 4, service `execute-api`, any
+    /// region), as AWS SDK `apigatewaymanagementapi` clients do. The API is served on the
+    /// proxies' own connections listener (`--connections-listen`), reachable from inside the
+    /// cluster only.
     pub credential_selector: LabelSelector,
 }
 

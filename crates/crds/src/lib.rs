@@ -48,9 +48,9 @@ pub use common::{
 };
 pub use gateway_api::{
     AccessLog, AllowedRoutes, Canary, CanaryAnalysis, CanaryForceHeader, CanaryPhase, CanaryStatus,
-    ClientValidation, ClientValidationMode, ConnectionsApi, Cors, DEFAULT_FLEET, GatewayAPI, GatewayApiSpec,
-    GatewayApiStatus, GatewayTls, Limits, Protocol, ProxyCounts, ResourcePolicy, RouteNamespaces, Stage,
-    StageCache, StageStatus,
+    CanaryStep, ClientValidation, ClientValidationMode, ConnectionsApi, Cors, DEFAULT_FLEET, GatewayAPI,
+    GatewayApiSpec, GatewayApiStatus, GatewayTls, Limits, Protocol, ProxyCounts, ResourcePolicy,
+    RouteNamespaces, Stage, StageCache, StageStatus,
 };
 pub use route::{
     Authorization, AuthorizationType, HeaderMatch, HttpMethod, Integration, IntegrationTarget,

@@ -13,7 +13,9 @@ use crate::common::{
     free_form_object,
 };
 
-pub use integration::{Integration, IntegrationTarget, MockIntegration, Retries, ServiceBackend};
+pub use integration::{
+    Integration, IntegrationTarget, MockIntegration, Retries, ServiceBackend, WebSocketPassthrough,
+};
 
 /// The specification of a `Route`: what it matches on which API, and how it is served.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

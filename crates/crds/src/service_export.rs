@@ -45,7 +45,8 @@ pub struct ServiceExportSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalBackend>,
 
-    /// The APIs that may send traffic to this export. Empty (default): none.
+    /// The APIs whose Routes may use this export (`integration.serviceExport`). Empty
+    /// (default): none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub allowed_apis: Vec<AllowedApi>,
@@ -58,7 +59,7 @@ pub struct ServiceExportSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing: Option<LoadBalancing>,
 
-    /// Ejection of failing endpoints. Default: see the fields.
+    /// Ejection of failing endpoints. Default: none (endpoints are never ejected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
 }
@@ -86,12 +87,15 @@ pub struct ExportedService {
     "external: port is required with dnsName and not allowed with addresses (write them as IP:port)"
 ))]
 pub struct ExternalBackend {
-    /// Fixed endpoints as `IP:port` (`10.1.2.3:443`, `[2001:db8::1]:443`).
+    /// Fixed endpoints as `IP:port` (`10.1.2.3:443`, `[fd00::1]:443`): private (RFC 1918,
+    /// unique-local), shared (100.64.0.0/10) or loopback addresses. Public addresses are refused
+    /// (use a Route `url` integration), link-local ones (cloud metadata) always.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(regex(pattern = r"^([0-9.]+|\[[0-9a-fA-F:.]+\]):[0-9]{1,5}$")))]
     pub addresses: Vec<String>,
 
-    /// A DNS name resolved by the proxies; every address it resolves to is an endpoint.
+    /// A DNS name resolved by the proxies (again every 30 seconds); every address it resolves
+    /// to is an endpoint. Also the default Host header and TLS server name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253), regex(pattern = HOSTNAME_PATTERN))]
     pub dns_name: Option<String>,
@@ -121,7 +125,8 @@ pub struct AllowedApi {
 #[serde(rename_all = "camelCase")]
 pub struct UpstreamTls {
     /// Server name sent in SNI and checked against the backend's certificate. Default: the
-    /// Service's cluster DNS name (`NAME.NAMESPACE.svc`), or dnsName.
+    /// Service's cluster DNS name (`NAME.NAMESPACE.svc`), dnsName, or for addresses the
+    /// endpoint's IP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253), regex(pattern = HOSTNAME_PATTERN))]
     pub sni: Option<String>,
@@ -152,10 +157,12 @@ pub struct LoadBalancing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<LoadBalancingPolicy>,
 
-    /// ConsistentHash: what is hashed: `header.NAME`, `query.NAME`, `cookie.NAME` or
-    /// `sourceIp`. Default: `sourceIp`.
+    /// ConsistentHash: what is hashed: `header.NAME` (a request header), `query.NAME` (a query
+    /// parameter), `cookie.NAME` (a cookie), `principal` (the caller's identity from the
+    /// authorizer) or `sourceIp` (the client's IP address). A request without the value is
+    /// balanced round robin. Default: `sourceIp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^((header|query|cookie)\..+|sourceIp)$"))]
+    #[schemars(regex(pattern = r"^((header|query|cookie)\..+|sourceIp|principal)$"))]
     pub hash_on: Option<String>,
 }
 
@@ -173,12 +180,13 @@ pub enum LoadBalancingPolicy {
     ConsistentHash,
 }
 
-/// Outlier detection: endpoints that keep failing are taken out of rotation for a while.
+/// Outlier detection: endpoints that keep failing are taken out of rotation for a while. Without
+/// this field endpoints are never ejected; `outlierDetection: {}` uses the defaults below.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
-    /// Consecutive failures (connect errors, 5xx) after which an endpoint is ejected.
-    /// Default: 5.
+    /// Consecutive failures (connect or TLS errors, timeouts, 5xx responses) after which an
+    /// endpoint is ejected; any other response resets the count. Default: 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub consecutive_errors: Option<u32>,
@@ -186,6 +194,12 @@ pub struct OutlierDetection {
     /// How long an ejected endpoint stays out. Default: `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejection_time: Option<Duration>,
+
+    /// The most endpoints ejected at once, in percent of the endpoints; one endpoint may always
+    /// be ejected when there are two or more, and the last one never is. Default: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// Observed state of a `ServiceExport`.
@@ -196,8 +210,8 @@ pub struct ServiceExportStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Conditions: `Accepted` (the export is valid and its Service or addresses resolve), and
-    /// others.
+    /// Conditions: `Accepted` (the spec is valid) and `ResolvedRefs` (its Service, port and
+    /// Secrets exist and hold what they should).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

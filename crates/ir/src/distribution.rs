@@ -18,6 +18,11 @@ use crate::Snapshot;
 pub const SUBSCRIBE_PATH: &str = "/v1alpha1/subscribe";
 /// Path where a proxy reports the version it applied (`POST`, JSON [`AppliedReport`]).
 pub const APPLIED_PATH: &str = "/v1alpha1/applied";
+/// Path where a proxy reports per-track request counts of canary stages (`POST`, JSON
+/// [`StatsReport`]), periodically, on the subscription's connection.
+pub const STATS_PATH: &str = "/v1alpha1/stats";
+/// Largest accepted [`StatsReport`] body.
+pub const MAX_STATS_BYTES: usize = 1024 * 1024;
 /// Response header of a subscription naming the session, echoed in [`AppliedReport::session`].
 pub const SESSION_HEADER: &str = "x-tollgate-session";
 /// Request header of a subscription: the version the proxy serves (0: none), for logs and metrics.
@@ -72,6 +77,17 @@ pub struct AppliedReport {
     pub version: u64,
 }
 
+/// Per-track counts a proxy gathered since its previous report (deltas, so the controller can
+/// add the reports of every proxy of the fleet).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsReport {
+    /// The session named by the subscription's [`SESSION_HEADER`].
+    pub session: String,
+    /// One entry per (API, stage, track) with traffic since the previous report.
+    pub tracks: Vec<crate::canary::TrackReport>,
+}
+
 /// One message on a subscription.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
@@ -108,25 +124,19 @@ pub enum FrameError {
 }
 
 impl Frame {
+    /// Encodes a snapshot frame from a borrowed snapshot (no copy of its routes); the same bytes
+    /// as `Frame::Snapshot(snapshot.clone()).encode()`.
+    pub fn encode_snapshot(snapshot: &Snapshot) -> Result<Vec<u8>, FrameError> {
+        framed(TYPE_SNAPSHOT, &compress_json(snapshot)?)
+    }
+
     /// Encodes the frame with its length prefix.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        let (kind, payload) = match self {
-            Frame::Snapshot(snapshot) => (TYPE_SNAPSHOT, Some(compress_json(snapshot)?)),
-            Frame::Endpoints(update) => (TYPE_ENDPOINTS, Some(compress_json(update)?)),
-            Frame::Keepalive => (TYPE_KEEPALIVE, None),
-        };
-        let payload = payload.unwrap_or_default();
-        let len = payload.len() + 1;
-        if len > MAX_FRAME_BYTES {
-            return Err(FrameError::TooLarge(len as u64));
+        match self {
+            Frame::Snapshot(snapshot) => Self::encode_snapshot(snapshot),
+            Frame::Endpoints(update) => framed(TYPE_ENDPOINTS, &compress_json(update)?),
+            Frame::Keepalive => framed(TYPE_KEEPALIVE, &[]),
         }
-        let mut out = Vec::with_capacity(len + 4);
-        out.extend_from_slice(
-            &u32::try_from(len).map_err(|_| FrameError::TooLarge(len as u64))?.to_be_bytes(),
-        );
-        out.push(kind);
-        out.extend_from_slice(&payload);
-        Ok(out)
     }
 
     /// Decodes one frame body (type byte and payload, without the length prefix).
@@ -139,6 +149,19 @@ impl Frame {
             other => Err(FrameError::UnknownType(other)),
         }
     }
+}
+
+/// Length prefix (type byte included), type byte, payload.
+fn framed(kind: u8, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let len = payload.len() + 1;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len as u64));
+    }
+    let mut out = Vec::with_capacity(len + 4);
+    out.extend_from_slice(&u32::try_from(len).map_err(|_| FrameError::TooLarge(len as u64))?.to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    Ok(out)
 }
 
 fn compress_json<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
@@ -209,11 +232,12 @@ impl Snapshot {
         changed
     }
 
-    /// Every HTTP backend of every route, for in-place updates.
+    /// Every HTTP backend of every route (both tracks), for in-place updates.
     pub fn backends_mut(&mut self) -> impl Iterator<Item = &mut crate::Backend> {
         self.apis.iter_mut().flat_map(|api| {
             api.stages.iter_mut().flat_map(|stage| {
-                stage.routes.iter_mut().filter_map(|route| match &mut route.integration {
+                let canary = stage.canary.iter_mut().flat_map(|c| c.routes.iter_mut());
+                stage.routes.iter_mut().chain(canary).filter_map(|route| match &mut route.integration {
                     crate::Integration::Http(http) => Some(&mut http.backend),
                     crate::Integration::Mock(_) => None,
                 })
@@ -225,7 +249,8 @@ impl Snapshot {
     pub fn backends(&self) -> impl Iterator<Item = &crate::Backend> {
         self.apis.iter().flat_map(|api| {
             api.stages.iter().flat_map(|stage| {
-                stage.routes.iter().filter_map(|route| match &route.integration {
+                let canary = stage.canary.iter().flat_map(|c| c.routes.iter());
+                stage.routes.iter().chain(canary).filter_map(|route| match &route.integration {
                     crate::Integration::Http(http) => Some(&http.backend),
                     crate::Integration::Mock(_) => None,
                 })

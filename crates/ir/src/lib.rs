@@ -9,12 +9,15 @@
 //! proxy reports in metrics or logs is precomputed.
 
 pub mod auth;
+pub mod canary;
 pub mod distribution;
 mod duration;
 pub mod path;
 pub mod path_template;
 mod secret;
 pub mod traffic;
+pub mod upstream;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 
@@ -82,6 +85,10 @@ pub struct Api {
     /// Authorizers used by the API's routes, resource policy and mTLS.
     #[serde(default, skip_serializing_if = "auth::ApiAuth::is_empty")]
     pub auth: auth::ApiAuth,
+    /// Set on managed WebSocket APIs (`protocol: WebSocket`): route selection, limits and the
+    /// @connections credentials. `None`: an HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_socket: Option<websocket::WebSocketApi>,
 }
 
 /// Request limits of an API.
@@ -124,6 +131,9 @@ pub struct Stage {
     /// Stage throttle, response cache and the usage plans covering the stage.
     #[serde(default, skip_serializing_if = "traffic::StageTraffic::is_empty")]
     pub traffic: traffic::StageTraffic,
+    /// The canary track, when the stage has a canary release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<canary::CanaryTrack>,
 }
 
 /// A compiled Route on one stage.
@@ -151,6 +161,14 @@ pub struct Route {
     /// Who may call the route.
     #[serde(default, skip_serializing_if = "auth::RouteAuth::is_none")]
     pub auth: auth::RouteAuth,
+    /// WebSocket APIs: the route key this Route serves (`$connect`, `$disconnect`, `$default` or
+    /// a custom key). `None` on HTTP APIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_key: Option<String>,
+    /// HTTP APIs: timeouts of WebSocket connections passed through to the backend, when the
+    /// Route sets them (`None`: the defaults of [`websocket::Passthrough`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_socket: Option<websocket::Passthrough>,
 }
 
 /// A header that must match for a route to apply.
@@ -165,6 +183,7 @@ pub struct HeaderMatch {
 /// What answers a route's requests.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
+#[allow(clippy::large_enum_variant, reason = "built once per configuration, never moved on a request path")]
 pub enum Integration {
     /// Forward to an HTTP(S) upstream.
     Http(HttpIntegration),
@@ -205,6 +224,19 @@ pub struct Backend {
     /// Services), so endpoint changes can travel without the rest of the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<distribution::ServiceRef>,
+    /// Trusted authorities and client certificate for HTTPS (ServiceExport `tls`). `None`: the
+    /// proxy's default roots, no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<upstream::UpstreamTls>,
+    /// How requests are spread over the endpoints.
+    #[serde(default, skip_serializing_if = "upstream::LoadBalancing::is_default")]
+    pub load_balancing: upstream::LoadBalancing,
+    /// Ejection of failing endpoints. `None`: endpoints are never ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<upstream::OutlierDetection>,
+    /// A DNS name the proxy resolves into the endpoints (then `endpoints` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<upstream::DnsTarget>,
 }
 
 /// Upstream protocol.

@@ -195,6 +195,22 @@ impl PathTemplate {
             })
     }
 
+    /// A string that is equal for two templates exactly when [`same_shape`](Self::same_shape)
+    /// holds: literals as written, `{}` for a parameter, `{+}` for a greedy one. Literal segments
+    /// never contain `{` (it would be percent-encoded), so the markers cannot collide with text.
+    pub fn shape_key(&self) -> String {
+        let mut key = String::new();
+        for segment in self.segments.iter() {
+            key.push('/');
+            match segment {
+                Segment::Literal(text) => key.push_str(text),
+                Segment::Param(_) => key.push_str("{}"),
+                Segment::Greedy(_) => key.push_str("{+}"),
+            }
+        }
+        key
+    }
+
     /// The template's segments, in order.
     pub fn segments(&self) -> &[Segment] {
         &self.segments

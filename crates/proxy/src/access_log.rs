@@ -25,6 +25,8 @@ pub struct Record {
     pub stage: String,
     /// `namespace/name` of the Route.
     pub route: String,
+    /// The stage's track that served the request: `stable` or `canary`.
+    pub track: tollgate_ir::canary::Track,
     /// Request method.
     pub method: String,
     /// Host the client asked for.
@@ -58,6 +60,12 @@ pub struct Record {
     /// Why the gateway answered itself, when it did (`no_route`, `upstream_timeout`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+    /// WebSocket lines: the connection id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
+    /// WebSocket `$disconnect` lines: why the connection ended (`client`, `idle`, `drain`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnect_reason: Option<&'static str>,
 }
 
 /// Where access-log lines go.

@@ -4,9 +4,12 @@
 //! 1. request id first, so every answer — even an early error — carries one;
 //! 2. path normalization before any matching, so `/public/../admin` can never reach a route the
 //!    normalized path would not;
-//! 3. host → API → stage → route (404 / 405 with `Allow`);
+//! 3. host → API → stage → canary track → route (404 / 405 with `Allow`); the track is chosen
+//!    before the route because each track has its own route table (`canary.rs` says how);
 //! 4. body limit (413) before the integration sees a byte;
-//! 5. integration: mock answers here; HTTP forwards with timeout (504), retries, 502/503;
+//! 5. integration: mock answers here; HTTP forwards with timeout (504), retries, 502/503; a
+//!    WebSocket upgrade is passed through, or on a managed WebSocket API runs `$connect` and
+//!    hands the connection to a session (`websocket.rs`);
 //! 6. response headers (`x-request-id`), then metrics and the access log when the body completes —
 //!    including for requests answered early.
 
@@ -49,6 +52,7 @@ pub struct Gateway {
     access_log: AccessLog,
     config_view: ArcSwap<serde_json::Value>,
     traffic: crate::traffic::TrafficState,
+    websockets: Arc<crate::websocket::Hub>,
 }
 
 impl Gateway {
@@ -65,6 +69,7 @@ impl Gateway {
         access_log: AccessLog,
         traffic: crate::traffic::TrafficState,
     ) -> Arc<Gateway> {
+        let metrics_for_hub = Arc::clone(&metrics);
         Arc::new(Gateway {
             runtime: Arc::new(ArcSwapOption::empty()),
             client,
@@ -72,7 +77,23 @@ impl Gateway {
             access_log,
             config_view: ArcSwap::from_pointee(serde_json::json!({"version": null})),
             traffic,
+            websockets: crate::websocket::Hub::new(&metrics_for_hub),
         })
+    }
+
+    /// Live WebSocket connections, @connections credentials and the WebSocket drain.
+    pub fn websockets(&self) -> &Arc<crate::websocket::Hub> {
+        &self.websockets
+    }
+
+    /// The upstream client.
+    pub fn upstream(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    /// The access log.
+    pub fn access_log(&self) -> &AccessLog {
+        &self.access_log
     }
 
     /// Limiter, cache and quota state (for `/usage` and shutdown).
@@ -84,8 +105,9 @@ impl Gateway {
     /// In-flight requests finish on the Runtime they started with.
     pub fn apply(&self, snapshot: &ir::Snapshot) {
         self.traffic.begin_build();
-        let runtime = Runtime::build(snapshot, &self.metrics, &self.traffic);
+        let runtime = Runtime::build(snapshot, &self.metrics, &self.traffic, self.client.backends());
         self.runtime.store(Some(Arc::new(runtime)));
+        self.websockets.configure(snapshot);
         self.metrics.config_version.set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
     }
 
@@ -136,13 +158,20 @@ impl Gateway {
         let mut record =
             self.access_log.enabled().then(|| Box::new(new_record(&request, &request_id, &conn)));
         let method = request.method().clone();
+        // The canary track, once a canary stage assigned one (phase 3).
+        let mut assigned = None;
         let (response, metrics, log) =
-            self.pipeline(&runtime, request, conn, &request_id, record.as_deref_mut()).await;
+            self.pipeline(&runtime, request, conn, &request_id, record.as_deref_mut(), &mut assigned).await;
         let status = response.status().as_u16();
         let (mut parts, body) = response.into_parts();
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+        let assigned: Option<crate::canary::Assignment> = assigned;
+        if let Some(cookie) = assigned.as_ref().and_then(|a| a.set_cookie.clone()) {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
         if let Some(record) = record.as_deref_mut() {
             record.status = status;
+            record.track = assigned.map(|a| a.track).unwrap_or_default();
         }
         let done = Completion {
             metrics,
@@ -156,15 +185,18 @@ impl Gateway {
 
     /// Phases 2–5. Returns the response, the metrics bucket it counts in, and whether to log it.
     async fn pipeline(
-        &self,
+        self: &Arc<Self>,
         runtime: &Arc<Runtime>,
         request: Request<Incoming>,
         conn: ConnInfo,
         request_id: &HeaderValue,
         record: Option<&mut Record>,
+        assigned: &mut Option<crate::canary::Assignment>,
     ) -> (Response<ProxyBody>, Arc<RouteMetrics>, bool) {
         let id = request_id.to_str().unwrap_or_default();
         let (mut parts, body) = request.into_parts();
+        // A WebSocket upgrade (an HTTP/2 extended CONNECT is routed as the GET it stands for).
+        let upgrade = crate::websocket::upgrade::requested(&mut parts);
         let host = request_host(&parts);
         let path = match normalize_path(parts.uri.path()) {
             Ok(path) => path.into_owned(),
@@ -172,11 +204,11 @@ impl Gateway {
                 return (ProxyError::BadPath(error).into_response(id), Arc::clone(&runtime.unmatched), true);
             }
         };
-        let mut routed = runtime.route(&host, &parts.method, &path, &parts.headers);
+        let mut routed = runtime.route(&host, &parts.method, &path, &parts.headers, conn.tls, assigned);
         // A CORS preflight is routed by the method it asks about, so the route's CORS policy
         // answers it (phase 6); APIs without CORS see it as a plain OPTIONS request.
         if let Some(asked) = crate::traffic::cors::preflight_method(&parts.method, &parts.headers)
-            && let Ok(preflight) = runtime.route(&host, &asked, &path, &parts.headers)
+            && let Ok(preflight) = runtime.route(&host, &asked, &path, &parts.headers, conn.tls, assigned)
             && preflight.policy.traffic.has_cors()
         {
             routed = Ok(preflight);
@@ -194,7 +226,7 @@ impl Gateway {
                 );
             }
         };
-        let Matched { policy, params, stage_path } = matched;
+        let Matched { policy, params, stage_path, managed } = matched;
         let metrics = Arc::clone(&policy.metrics);
         let log = policy.access_log;
         let mut record = record;
@@ -220,6 +252,9 @@ impl Gateway {
                 Ok(state) => state,
                 Err(early) => return (answered(early, record, &context), metrics, log),
             };
+        // Managed WebSocket connections carry the headers the authorizer sets: keep what the
+        // client sent to tell them apart.
+        let received = if managed.is_some() { parts.headers.clone() } else { http::HeaderMap::new() };
         // Phase 8: authorization (JWT, external authorizer, SigV4); identity into `context`.
         let auth_request =
             crate::auth::Request { parts: &mut parts, body, conn: &conn, path: &path, request_id: id };
@@ -252,6 +287,24 @@ impl Gateway {
         if let Some(record) = record.as_deref_mut() {
             record.principal = context.principal.clone();
             record.api_key_id = context.api_key_id.clone();
+        }
+        // Managed WebSocket APIs: `$connect` decides; the session takes the connection.
+        if let Some(stage) = managed {
+            let connect = crate::websocket::session::ConnectRequest {
+                gateway: self,
+                policy,
+                stage,
+                upgrade,
+                parts,
+                received: &received,
+                context: &context,
+                conn: &conn,
+                request_id,
+                host: &host,
+                path: &path,
+                record: record.as_deref_mut(),
+            };
+            return (crate::websocket::session::connect(connect).await, metrics, log);
         }
         let (backend, rewrite, prefix) = match &policy.integration {
             IntegrationRuntime::Mock(mock) => {
@@ -290,12 +343,34 @@ impl Gateway {
         if let Some(host) = client_host {
             parts.headers.insert(header::HOST, host);
         }
+        // WebSocket passthrough: a dedicated upstream connection, then a byte pipe.
+        if let Some(upgrade) = upgrade {
+            let caller = crate::upstream::Caller {
+                client_ip: conn.remote.ip(),
+                principal: context.principal.as_deref(),
+            };
+            let forward = crate::websocket::passthrough::forward(
+                self,
+                policy,
+                backend,
+                upgrade,
+                parts,
+                &upstream_path,
+                caller,
+            );
+            return match forward.await {
+                Ok(response) => (response, metrics, log),
+                Err(error) => (fail(error, id, record), metrics, log),
+            };
+        }
         let buffer = policy.retries.attempts > 0;
         let body = match body.into_request_body(policy.max_body, buffer).await {
             Ok(body) => body,
             Err(error) => return (fail(error, id, record), metrics, log),
         };
-        match self.client.send(policy, backend, parts, &upstream_path, body).await {
+        let caller =
+            crate::upstream::Caller { client_ip: conn.remote.ip(), principal: context.principal.as_deref() };
+        match self.client.send(policy, backend, parts, &upstream_path, body, caller).await {
             Ok(exchange) => {
                 metrics.observe_upstream(exchange.elapsed.as_secs_f64());
                 if let Some(record) = record {

@@ -7,12 +7,16 @@
 //!                                                          └──► RuntimeCertResolver (SNI)
 //! ```
 //! `server` accepts connections (HTTP/1.1, h2c, TLS with ALPN) and hands requests to
-//! [`gateway::Gateway`]; `admin` serves health, readiness, metrics and the redacted config view.
+//! [`gateway::Gateway`]; `admin` serves health, readiness, metrics and the redacted config view;
+//! `websocket` holds WebSocket passthrough and managed WebSocket sessions, `connections` the
+//! @connections management API for them.
 
 pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod canary;
+pub mod connections;
 pub mod context;
 pub mod error;
 pub mod gateway;
@@ -28,6 +32,7 @@ pub mod subscribe;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;
+pub mod websocket;
 
 pub use gateway::{ConnInfo, Gateway};
 pub use server::{ServerSettings, serve};

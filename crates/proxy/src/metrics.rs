@@ -1,15 +1,24 @@
 //! Prometheus metrics of the data plane, with per-route handles resolved once per configuration.
 //!
-//! Label values are bounded: API, stage and route come from the configuration, the method is one of
-//! the standard methods or `OTHER`, the status is a class (`2xx`...). Never a raw path or a user id.
+//! Label values are bounded: API, stage and route come from the configuration, the track is
+//! `stable` or `canary`, the method is one of the standard methods or `OTHER`, the status is a
+//! class (`2xx`...). Never a raw path or a user id.
+//!
+//! Stages with a canary also keep per-track counts ([`TrackStats`]) that the canary analysis
+//! reads: drained by the subscription's stats reports (proxy) or the in-process analysis
+//! (standalone).
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use http::Method;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+use tollgate_ir::ObjectKey;
+use tollgate_ir::canary::{LATENCY_BOUNDS_MS, Track, TrackCounts, TrackReport};
 
 /// Buckets for request and upstream latency, in seconds (100 µs to 30 s).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -62,6 +71,10 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Authorization: denials, authorizer latency, key-set fetches.
     pub auth: crate::auth::AuthMetrics,
+    /// Upstreams: outlier ejections.
+    pub upstream: crate::upstream::UpstreamMetrics,
+    /// Per-track counts of canary stages, by (API, stage, track).
+    track_stats: Mutex<HashMap<(ObjectKey, String, Track), Weak<TrackStats>>>,
 }
 
 impl Metrics {
@@ -71,9 +84,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "tollgate_requests_total",
-                "Requests answered, by API, stage, route, method and status class.",
+                "Requests answered, by API, stage, track, route, method and status class.",
             ),
-            &["api", "stage", "route", "method", "status_class"],
+            &["api", "stage", "route", "track", "method", "status_class"],
         )?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -81,7 +94,7 @@ impl Metrics {
                 "Time from receiving the request head to sending the last response byte.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["api", "stage", "route"],
+            &["api", "stage", "route", "track"],
         )?;
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -89,11 +102,11 @@ impl Metrics {
                 "Time from sending a request upstream to receiving its response head.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["api", "stage", "route"],
+            &["api", "stage", "route", "track"],
         )?;
         let upstream_errors = IntCounterVec::new(
-            Opts::new("tollgate_upstream_errors_total", "Upstream failures, by route and kind."),
-            &["api", "stage", "route", "kind"],
+            Opts::new("tollgate_upstream_errors_total", "Upstream failures, by route, track and kind."),
+            &["api", "stage", "route", "track", "kind"],
         )?;
         let config_version =
             IntGauge::new("tollgate_config_version", "Version of the configuration being served.")?;
@@ -113,6 +126,7 @@ impl Metrics {
         registry.register(Box::new(config_errors.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         let auth = crate::auth::AuthMetrics::register(&registry)?;
+        let upstream = crate::upstream::UpstreamMetrics::register(&registry)?;
         Ok(Arc::new(Self {
             registry,
             requests,
@@ -123,6 +137,8 @@ impl Metrics {
             config_errors,
             access_log_dropped,
             auth,
+            upstream,
+            track_stats: Mutex::default(),
         }))
     }
 
@@ -140,26 +156,124 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    /// Handles for one (api, stage, route) label set.
+    /// Handles for one (api, stage, route) label set on the stable track.
     pub fn route(self: &Arc<Self>, api: &str, stage: &str, route: &str) -> RouteMetrics {
+        self.route_on(api, stage, route, Track::Stable, None)
+    }
+
+    /// Handles for one (api, stage, route, track) label set; `stats` also gets every request
+    /// (canary stages).
+    pub fn route_on(
+        self: &Arc<Self>,
+        api: &str,
+        stage: &str,
+        route: &str,
+        track: Track,
+        stats: Option<Arc<TrackStats>>,
+    ) -> RouteMetrics {
+        let labels = [api, stage, route, track.as_str()];
         RouteMetrics {
-            labels: [api.into(), stage.into(), route.into()],
-            request_duration: self.request_duration.with_label_values(&[api, stage, route]),
-            upstream_duration: self.upstream_duration.with_label_values(&[api, stage, route]),
+            labels: labels.map(Into::into),
+            request_duration: self.request_duration.with_label_values(&labels),
+            upstream_duration: self.upstream_duration.with_label_values(&labels),
             counters: Default::default(),
             metrics: Arc::clone(self),
+            stats,
         }
+    }
+
+    /// The per-track counts of a canary stage (shared by every route of the track, kept across
+    /// configuration swaps while the canary revision stays the same).
+    pub fn track_stats(&self, api: &ObjectKey, stage: &str, track: Track, revision: &str) -> Arc<TrackStats> {
+        let mut all = self.track_stats.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (api.clone(), stage.to_string(), track);
+        if let Some(live) = all.get(&key).and_then(Weak::upgrade)
+            && live.revision == revision
+        {
+            return live;
+        }
+        all.retain(|_, w| w.strong_count() > 0);
+        let made = Arc::new(TrackStats::new(api.clone(), stage, track, revision));
+        all.insert(key, Arc::downgrade(&made));
+        made
+    }
+
+    /// Takes the per-track counts gathered since the last call (tracks without traffic are
+    /// left out).
+    pub fn drain_track_stats(&self) -> Vec<TrackReport> {
+        let live: Vec<Arc<TrackStats>> = {
+            let all = self.track_stats.lock().unwrap_or_else(|p| p.into_inner());
+            all.values().filter_map(Weak::upgrade).collect()
+        };
+        let mut out: Vec<TrackReport> = live.iter().filter_map(|s| s.drain()).collect();
+        out.sort_by(|a, b| (&a.api, &a.stage, a.track.as_str()).cmp(&(&b.api, &b.stage, b.track.as_str())));
+        out
+    }
+}
+
+/// Requests, 5xx answers and a latency histogram of one track of one canary stage, counted
+/// without locks on the request path.
+pub struct TrackStats {
+    api: ObjectKey,
+    stage: String,
+    track: Track,
+    revision: String,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
+}
+
+impl TrackStats {
+    fn new(api: ObjectKey, stage: &str, track: Track, revision: &str) -> TrackStats {
+        TrackStats {
+            api,
+            stage: stage.to_string(),
+            track,
+            revision: revision.to_string(),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one request.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let bucket = tollgate_ir::canary::bucket_of(seconds * 1000.0);
+        if let Some(slot) = self.latency.get(bucket) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn drain(&self) -> Option<TrackReport> {
+        let requests = self.requests.swap(0, Ordering::Relaxed);
+        let errors = self.errors.swap(0, Ordering::Relaxed);
+        let latency: Vec<u64> = self.latency.iter().map(|b| b.swap(0, Ordering::Relaxed)).collect();
+        if requests == 0 && latency.iter().all(|n| *n == 0) {
+            return None;
+        }
+        Some(TrackReport {
+            api: self.api.clone(),
+            stage: self.stage.clone(),
+            track: self.track,
+            revision: self.revision.clone(),
+            counts: TrackCounts { requests, errors, latency },
+        })
     }
 }
 
 /// Metric handles of one route (or of the "no route" bucket), resolved lazily and cached, so the
 /// hot path never hashes label values.
 pub struct RouteMetrics {
-    labels: [Box<str>; 3],
+    labels: [Box<str>; 4],
     request_duration: Histogram,
     upstream_duration: Histogram,
     counters: [[OnceLock<IntCounter>; 5]; 10],
     metrics: Arc<Metrics>,
+    stats: Option<Arc<TrackStats>>,
 }
 
 impl RouteMetrics {
@@ -167,11 +281,21 @@ impl RouteMetrics {
     pub fn observe_request(&self, method: &Method, status: u16, seconds: f64) {
         let (m, s) = (method_index(method), status_class_index(status));
         let counter = self.counters[m][s].get_or_init(|| {
-            let [api, stage, route] = &self.labels;
-            self.metrics.requests.with_label_values(&[api, stage, route, METHODS[m], STATUS_CLASSES[s]])
+            let [api, stage, route, track] = &self.labels;
+            self.metrics.requests.with_label_values(&[
+                api,
+                stage,
+                route,
+                track,
+                METHODS[m],
+                STATUS_CLASSES[s],
+            ])
         });
         counter.inc();
         self.request_duration.observe(seconds);
+        if let Some(stats) = &self.stats {
+            stats.observe(status, seconds);
+        }
     }
 
     /// Records the time the upstream took to answer.
@@ -181,8 +305,8 @@ impl RouteMetrics {
 
     /// Counts an upstream failure of the given kind (`connect`, `timeout`, ...).
     pub fn upstream_error(&self, kind: &str) {
-        let [api, stage, route] = &self.labels;
-        self.metrics.upstream_errors.with_label_values(&[api, stage, route, kind]).inc();
+        let [api, stage, route, track] = &self.labels;
+        self.metrics.upstream_errors.with_label_values(&[api, stage, route, track, kind]).inc();
     }
 }
 
@@ -198,8 +322,27 @@ mod tests {
         route.observe_request(&Method::from_bytes(b"BREW").unwrap_or(Method::GET), 503, 0.001);
         let text = metrics.render();
         assert!(text.contains(
-            r#"tollgate_requests_total{api="shop/shop",method="GET",route="shop/get-order",stage="prod",status_class="2xx"} 1"#
+            r#"tollgate_requests_total{api="shop/shop",method="GET",route="shop/get-order",stage="prod",status_class="2xx",track="stable"} 1"#
         ), "{text}");
         assert!(text.contains(r#"method="OTHER""#) || text.contains(r#"method="GET""#));
+    }
+
+    #[test]
+    fn track_stats_are_drained_once_and_survive_rebuilds_of_the_same_revision() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let api = ObjectKey::new("shop", "shop");
+        let stats = metrics.track_stats(&api, "prod", Track::Canary, "r1");
+        let route = metrics.route_on("shop/shop", "prod", "shop/r", Track::Canary, Some(Arc::clone(&stats)));
+        route.observe_request(&Method::GET, 200, 0.003);
+        route.observe_request(&Method::GET, 503, 0.003);
+        assert!(Arc::ptr_eq(&stats, &metrics.track_stats(&api, "prod", Track::Canary, "r1")));
+        let text = metrics.render();
+        assert!(text.contains(r#"status_class="5xx",track="canary"} 1"#), "{text}");
+        let reports = metrics.drain_track_stats();
+        assert_eq!(reports.len(), 1);
+        assert_eq!((reports[0].counts.requests, reports[0].counts.errors), (2, 1));
+        assert!(metrics.drain_track_stats().is_empty());
+        // A new revision starts from zero.
+        assert!(!Arc::ptr_eq(&stats, &metrics.track_stats(&api, "prod", Track::Canary, "r2")));
     }
 }

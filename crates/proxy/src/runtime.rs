@@ -5,15 +5,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, uri::Authority};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tollgate_ir as ir;
+use tollgate_ir::canary::Track;
 
+use crate::canary::{Assignment, CanaryRuntime};
 use crate::error::ProxyError;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics, TrackStats};
 use crate::rewrite::RewriteTemplate;
 use crate::router::{Match, Params, PathTemplate, RouteTable, RouteTableBuilder};
 use crate::tls::CertTable;
@@ -46,6 +47,17 @@ struct StageRuntime {
     /// Label used when the stage matched but no route did.
     unmatched: Arc<RouteMetrics>,
     access_log: bool,
+    /// The canary track, when the stage has one (`table` and `unmatched` are the stable track's).
+    canary: Option<CanaryTable>,
+    /// Managed WebSocket APIs: the stage's routes by route key (`table` holds `$connect`).
+    managed: Option<Arc<crate::websocket::ManagedStage>>,
+}
+
+/// The canary track of a stage: how requests are assigned to it, and its route table.
+struct CanaryTable {
+    assign: CanaryRuntime,
+    table: RouteTable<Arc<RoutePolicy>>,
+    unmatched: Arc<RouteMetrics>,
 }
 
 /// Everything the pipeline needs to serve one route on one stage, resolved once per configuration.
@@ -54,6 +66,8 @@ pub struct RoutePolicy {
     pub api: Arc<str>,
     /// Stage name.
     pub stage: Arc<str>,
+    /// The track of the stage this policy serves.
+    pub track: Track,
     /// `namespace/name` of the Route.
     pub route: Arc<str>,
     /// What answers the request.
@@ -72,6 +86,8 @@ pub struct RoutePolicy {
     pub auth: crate::auth::RouteAuth,
     /// Throttles, API keys and plans, cache, CORS, validation, transforms (phases 6, 7, 9–13, 15).
     pub traffic: crate::traffic::RouteTraffic,
+    /// Timeouts of WebSocket connections passed through to the backend.
+    pub web_socket: ir::websocket::Passthrough,
 }
 
 /// The resolved integration of a route.
@@ -99,31 +115,7 @@ pub struct MockResponse {
     pub body: Bytes,
 }
 
-/// An upstream with its endpoints and round-robin cursor.
-pub struct BackendRuntime {
-    /// Bounded name for logs.
-    pub name: String,
-    /// `http` or `https`.
-    pub scheme: http::uri::Scheme,
-    /// Ready endpoints.
-    pub endpoints: Vec<Authority>,
-    /// Host header to send; `None`: keep the client's.
-    pub host_header: Option<HeaderValue>,
-    /// Name to verify an HTTPS upstream's certificate against (default: the endpoint host).
-    pub server_name: Option<String>,
-    next: AtomicUsize,
-}
-
-impl BackendRuntime {
-    /// The next endpoint in round-robin order, or `None` when there is none.
-    pub fn pick(&self) -> Option<&Authority> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints.get(i)
-    }
-}
+pub use crate::upstream::BackendRuntime;
 
 /// A route chosen for a request.
 pub struct Matched<'a> {
@@ -133,6 +125,8 @@ pub struct Matched<'a> {
     pub params: Params<'a>,
     /// The request path relative to the stage (base path stripped).
     pub stage_path: &'a str,
+    /// On managed WebSocket APIs (the policy is then the stage's `$connect`): the stage.
+    pub managed: Option<&'a Arc<crate::websocket::ManagedStage>>,
 }
 
 /// Why no route was chosen, with the metrics bucket to count it in.
@@ -152,10 +146,11 @@ impl Runtime {
         snapshot: &ir::Snapshot,
         metrics: &Arc<Metrics>,
         traffic: &crate::traffic::TrafficState,
+        upstream: &crate::upstream::BackendRegistry,
     ) -> Runtime {
         let mut hosts = HostTable::default();
         let mut apis = Vec::with_capacity(snapshot.apis.len());
-        let mut backends: HashMap<BackendKey, Arc<BackendRuntime>> = HashMap::new();
+        let mut backends = upstream.builder(Some(&metrics.upstream));
         for (index, api) in snapshot.apis.iter().enumerate() {
             let api_label = api.key.to_string();
             let mut names: Vec<&str> = api.hostnames.iter().map(String::as_str).collect();
@@ -169,7 +164,30 @@ impl Runtime {
             let stages = api
                 .stages
                 .iter()
-                .map(|stage| build_stage(api, &api_label, stage, metrics, &mut backends, traffic))
+                .map(|stage| {
+                    // Canary stages with analysis count each track for it.
+                    let stats = |track| {
+                        stage
+                            .canary
+                            .as_ref()
+                            .filter(|c| c.analysis.is_some())
+                            .map(|c| metrics.track_stats(&api.key, &stage.name, track, &c.revision))
+                    };
+                    let on = TrackOf { track: Track::Stable, stats: stats(Track::Stable) };
+                    let mut built = build_stage(api, &api_label, stage, on, metrics, &mut backends, traffic);
+                    if let Some(canary) = &stage.canary {
+                        let canary_stage = crate::canary::track_stage(stage, canary);
+                        let on = TrackOf { track: Track::Canary, stats: stats(Track::Canary) };
+                        let track =
+                            build_stage(api, &api_label, &canary_stage, on, metrics, &mut backends, traffic);
+                        built.canary = Some(CanaryTable {
+                            assign: CanaryRuntime::build(stage, canary),
+                            table: track.table,
+                            unmatched: track.unmatched,
+                        });
+                    }
+                    built
+                })
                 .collect();
             apis.push(ApiRuntime {
                 stages,
@@ -188,14 +206,18 @@ impl Runtime {
         }
     }
 
-    /// Chooses API, stage and route for a request. `host` is lower-case without port; `path` is
-    /// normalized.
+    /// Chooses API, stage, track and route for a request. `host` is lower-case without port;
+    /// `path` is normalized. On a canary stage the track is assigned once into `assigned` (a
+    /// second lookup for the same request, e.g. a CORS preflight, reuses it); `tls` says whether
+    /// the client connection is TLS (for the sticky cookie).
     pub fn route<'a>(
         &'a self,
         host: &str,
         method: &Method,
         path: &'a str,
         headers: &HeaderMap,
+        tls: bool,
+        assigned: &mut Option<Assignment>,
     ) -> Result<Matched<'a>, Unmatched<'a>> {
         let no_route = |metrics, access_log| Unmatched { error: ProxyError::NoRoute, metrics, access_log };
         let Some(api) = self.hosts.lookup(host).and_then(|i| self.apis.get(i)) else {
@@ -204,17 +226,29 @@ impl Runtime {
         let Some((stage, stage_path)) = select_stage(&api.stages, host, path) else {
             return Err(no_route(&api.unmatched, true));
         };
-        match stage.table.find(method, stage_path, headers) {
-            Match::Found { value, params } => Ok(Matched { policy: value, params, stage_path }),
+        let (table, unmatched) = match &stage.canary {
+            Some(canary) => {
+                let assignment = assigned.get_or_insert_with(|| canary.assign.assign(headers, tls));
+                match assignment.track {
+                    Track::Canary => (&canary.table, &canary.unmatched),
+                    Track::Stable => (&stage.table, &stage.unmatched),
+                }
+            }
+            None => (&stage.table, &stage.unmatched),
+        };
+        match table.find(method, stage_path, headers) {
+            Match::Found { value, params } => {
+                Ok(Matched { policy: value, params, stage_path, managed: stage.managed.as_ref() })
+            }
             Match::MethodNotAllowed { allow } => Err(Unmatched {
                 error: match HeaderValue::from_str(allow) {
                     Ok(allow) => ProxyError::MethodNotAllowed { allow },
                     Err(_) => ProxyError::Internal,
                 },
-                metrics: &stage.unmatched,
+                metrics: unmatched,
                 access_log: stage.access_log,
             }),
-            Match::NotFound => Err(no_route(&stage.unmatched, stage.access_log)),
+            Match::NotFound => Err(no_route(unmatched, stage.access_log)),
         }
     }
 
@@ -224,12 +258,19 @@ impl Runtime {
     }
 }
 
+/// The track a table is built for, and its per-track counts (canary stages only).
+struct TrackOf {
+    track: Track,
+    stats: Option<Arc<TrackStats>>,
+}
+
 fn build_stage(
     api: &ir::Api,
     api_label: &str,
     stage: &ir::Stage,
+    on: TrackOf,
     metrics: &Arc<Metrics>,
-    backends: &mut HashMap<BackendKey, Arc<BackendRuntime>>,
+    backends: &mut crate::upstream::BackendBuilder<'_>,
     traffic: &crate::traffic::TrafficState,
 ) -> StageRuntime {
     let api_label: Arc<str> = api_label.into();
@@ -237,6 +278,7 @@ fn build_stage(
     let mut builder = RouteTableBuilder::new();
     let auth = crate::auth::ApiAuthRuntime::build(api, metrics);
     let stage_traffic = traffic.stage(api, stage);
+    let mut managed = api.web_socket.as_ref().map(crate::websocket::ManagedStage::builder);
     for route in &stage.routes {
         let template = match PathTemplate::parse(&route.path) {
             Ok(t) => t,
@@ -257,7 +299,7 @@ fn build_stage(
         let integration = match &route.integration {
             ir::Integration::Mock(mock) => IntegrationRuntime::Mock(build_mock(mock)),
             ir::Integration::Http(http) => IntegrationRuntime::Http {
-                backend: backend(&http.backend, backends),
+                backend: backends.backend(&http.backend),
                 path: http.path.as_deref().map(RewriteTemplate::parse),
                 prefix: http.path_prefix.clone(),
             },
@@ -266,9 +308,16 @@ fn build_stage(
         let route_traffic =
             traffic.route(api, stage, route, &stage_traffic, [&api_label, &stage_label, &route_label]);
         let policy = Arc::new(RoutePolicy {
-            metrics: Arc::new(metrics.route(&api_label, &stage_label, &route_label)),
+            metrics: Arc::new(metrics.route_on(
+                &api_label,
+                &stage_label,
+                &route_label,
+                on.track,
+                on.stats.clone(),
+            )),
             api: Arc::clone(&api_label),
             stage: Arc::clone(&stage_label),
+            track: on.track,
             route: route_label,
             integration,
             timeout: route.timeout.as_duration(),
@@ -277,7 +326,16 @@ fn build_stage(
             access_log: stage.access_log,
             auth: crate::auth::RouteAuth::new(&auth, route),
             traffic: route_traffic,
+            web_socket: route.web_socket.unwrap_or_default(),
         });
+        // Managed WebSocket APIs: only `$connect` is routed by path, the others by route key.
+        let policy = match managed.as_mut() {
+            Some(sockets) => match sockets.take(route, policy) {
+                Some(connect) => connect,
+                None => continue,
+            },
+            None => policy,
+        };
         if let Err(error) = builder.insert(&methods, &template, headers, policy) {
             tracing::warn!(route = %route.key, %error, "skipping duplicate route");
         }
@@ -286,8 +344,10 @@ fn build_stage(
         hostnames: stage.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
         base_path: stage.base_path.clone().filter(|b| b != "/"),
         table: builder.build(),
-        unmatched: Arc::new(metrics.route(&api_label, &stage_label, "")),
+        unmatched: Arc::new(metrics.route_on(&api_label, &stage_label, "", on.track, on.stats)),
         access_log: stage.access_log,
+        canary: None,
+        managed: managed.map(crate::websocket::stage::ManagedStageBuilder::build),
     }
 }
 
@@ -303,33 +363,6 @@ fn build_mock(mock: &ir::MockIntegration) -> MockResponse {
         headers,
         body: Bytes::from(mock.body.clone()),
     }
-}
-
-#[derive(Hash, PartialEq, Eq)]
-struct BackendKey {
-    scheme: ir::Scheme,
-    endpoints: Vec<String>,
-    host_header: Option<String>,
-}
-
-/// Routes that share a backend share its round-robin cursor.
-fn backend(b: &ir::Backend, cache: &mut HashMap<BackendKey, Arc<BackendRuntime>>) -> Arc<BackendRuntime> {
-    let key =
-        BackendKey { scheme: b.scheme, endpoints: b.endpoints.clone(), host_header: b.host_header.clone() };
-    let made = cache.entry(key).or_insert_with(|| {
-        Arc::new(BackendRuntime {
-            name: b.name.clone(),
-            scheme: match b.scheme {
-                ir::Scheme::Http => http::uri::Scheme::HTTP,
-                ir::Scheme::Https => http::uri::Scheme::HTTPS,
-            },
-            endpoints: b.endpoints.iter().filter_map(|e| Authority::try_from(e.as_str()).ok()).collect(),
-            host_header: b.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
-            server_name: b.tls_server_name.clone(),
-            next: AtomicUsize::new(0),
-        })
-    });
-    Arc::clone(made)
 }
 
 /// Picks the stage for a request: among stages whose hostnames accept `host`, the one with the

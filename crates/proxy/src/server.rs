@@ -162,6 +162,8 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(1024)
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT with `:protocol websocket`).
+        .enable_connect_protocol();
     builder
 }

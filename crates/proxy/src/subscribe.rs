@@ -1,6 +1,7 @@
 //! Subscribing to the controller: receive the fleet's snapshots and endpoint updates over TLS,
-//! apply each atomically, report the applied version; keep serving and reconnect with backoff
-//! when the controller goes away.
+//! apply each atomically, report the applied version and, every [`STATS_INTERVAL`], the
+//! per-track counts of canary stages; keep serving and reconnect with backoff when the
+//! controller goes away.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio_rustls::TlsConnector;
 use tollgate_ir::Snapshot;
 use tollgate_ir::distribution::{
     APPLIED_PATH, AppliedReport, Frame, FrameError, FrameReader, HAVE_VERSION_HEADER, SESSION_HEADER,
-    SUBSCRIBE_PATH,
+    STATS_PATH, SUBSCRIBE_PATH, StatsReport,
 };
 use tracing::Instrument;
 
@@ -103,8 +104,13 @@ pub enum SubscribeError {
     Closed,
 }
 
-/// Called after each snapshot is applied (e.g. to refresh `/config`).
-pub type OnApply = Arc<dyn Fn(&Snapshot) + Send + Sync>;
+/// How often the per-track counts of canary stages are reported to the controller. Short
+/// against any analysis interval (at least 1s, typically minutes), so little is judged late.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Called after each snapshot is applied (e.g. to refresh `/config`), before the applied version
+/// is reported: keep it cheap, and move slow work (building a view of 10,000 routes) elsewhere.
+pub type OnApply = Arc<dyn Fn(&Arc<Snapshot>) + Send + Sync>;
 
 /// The proxy's end of the subscription.
 pub struct Subscriber {
@@ -245,10 +251,21 @@ impl Subscriber {
         tracing::info!("subscribed to the controller");
         let mut body = response.into_body();
         let mut reader = FrameReader::default();
+        let mut stats = tokio::time::interval(STATS_INTERVAL);
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle = self.settings.idle_timeout;
+        let mut deadline = tokio::time::Instant::now() + idle;
         loop {
-            let frame = tokio::time::timeout(self.settings.idle_timeout, body.frame())
-                .await
-                .map_err(|_| SubscribeError::Idle(self.settings.idle_timeout))?;
+            let frame = tokio::select! {
+                frame = tokio::time::timeout_at(deadline, body.frame()) => {
+                    frame.map_err(|_| SubscribeError::Idle(idle))?
+                }
+                _ = stats.tick() => {
+                    self.report_stats(&mut sender, &session, token.as_deref()).await;
+                    continue;
+                }
+            };
+            deadline = tokio::time::Instant::now() + idle;
             let Some(frame) = frame else { return Err(SubscribeError::Closed) };
             let Ok(data) = frame.map_err(SubscribeError::Stream)?.into_data() else { continue };
             reader.push(&data);
@@ -294,6 +311,24 @@ impl Subscriber {
         Ok(Some(version))
     }
 
+    /// Sends the per-track counts gathered since the last report (nothing when no canary stage
+    /// had traffic). Best effort: counts of a lost report are not judged.
+    async fn report_stats(
+        &self,
+        sender: &mut http2::SendRequest<Full<Bytes>>,
+        session: &str,
+        token: Option<&str>,
+    ) {
+        let tracks = self.gateway.metrics().drain_track_stats();
+        if tracks.is_empty() {
+            return;
+        }
+        let report = StatsReport { session: session.to_string(), tracks };
+        if let Err(problem) = self.post_json(sender, STATS_PATH, &report, token).await {
+            tracing::warn!(%problem, "canary stats report not delivered");
+        }
+    }
+
     /// Tells the controller which version is served. Best effort: a lost report is repeated with
     /// the next version, and the controller counts a proxy that never reports as not up to date.
     async fn report(
@@ -303,21 +338,33 @@ impl Subscriber {
         version: u64,
         token: Option<&str>,
     ) {
-        let Ok(uri) = self.url(APPLIED_PATH) else { return };
-        let body =
-            serde_json::to_vec(&AppliedReport { session: session.to_string(), version }).unwrap_or_default();
+        let report = AppliedReport { session: session.to_string(), version };
+        if let Err(problem) = self.post_json(sender, APPLIED_PATH, &report, token).await {
+            tracing::warn!(%problem, version, "applied-version report not delivered");
+        }
+    }
+
+    /// POSTs `body` as JSON to the controller on the subscription's connection (5 s at most);
+    /// what went wrong, if anything, as text for the log.
+    async fn post_json<T: serde::Serialize>(
+        &self,
+        sender: &mut http2::SendRequest<Full<Bytes>>,
+        path: &str,
+        body: &T,
+        token: Option<&str>,
+    ) -> Result<(), String> {
+        let uri = self.url(path).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let mut request = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let Ok(request) = request.body(Full::new(Bytes::from(body))) else { return };
+        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
         match tokio::time::timeout(Duration::from_secs(5), sender.send_request(request)).await {
-            Ok(Ok(response)) if response.status().is_success() => {}
-            Ok(Ok(response)) => {
-                tracing::warn!(status = %response.status(), version, "applied-version report refused")
-            }
-            Ok(Err(error)) => tracing::warn!(%error, version, "applied-version report failed"),
-            Err(_) => tracing::warn!(version, "applied-version report timed out"),
+            Ok(Ok(response)) if response.status().is_success() => Ok(()),
+            Ok(Ok(response)) => Err(format!("refused with {}", response.status())),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("timed out".to_string()),
         }
     }
 }

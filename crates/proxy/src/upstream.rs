@@ -1,5 +1,5 @@
-//! Calling upstreams: one pooled HTTP/HTTPS client for the process, endpoint choice, per-route
-//! timeout and retries.
+//! Calling upstreams: one pooled HTTP/HTTPS client for the process, endpoint choice (balancing
+//! policy, outlier ejection, DNS endpoints; see `backend`), per-route timeout and retries.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +13,19 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::body::{BoxError, ProxyBody, boxed};
 use crate::error::ProxyError;
-use crate::runtime::{BackendRuntime, RoutePolicy};
+use crate::runtime::RoutePolicy;
 
+mod backend;
+pub mod balance;
+pub mod outlier;
 mod pool;
+mod resolve;
 
+pub use backend::{
+    BackendBuilder, BackendRegistry, BackendRuntime, Caller, InFlight, TlsProfile, TlsSetup, UpstreamMetrics,
+};
 pub use pool::{Pool, PoolError, PoolSettings, PooledBody};
+pub use resolve::ResolveError;
 
 /// Settings of the upstream client.
 #[derive(Clone, Debug)]
@@ -56,6 +64,9 @@ pub enum UpstreamSetupError {
 #[derive(Clone)]
 pub struct UpstreamClient {
     pool: Pool,
+    backends: BackendRegistry,
+    /// The default TLS client configuration (for dedicated connections: WebSocket passthrough).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// A successful upstream exchange.
@@ -77,19 +88,35 @@ impl UpstreamClient {
                 roots.add(cert.map_err(UpstreamSetupError::CaPem)?).map_err(UpstreamSetupError::Ca)?;
             }
         }
+        let roots = Arc::new(roots);
+        let backends = BackendRegistry::new(Arc::clone(&roots));
         let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = Arc::new(tls);
         let pool = Pool::new(PoolSettings {
             connect_timeout: settings.connect_timeout,
             idle_timeout: settings.idle_timeout,
-            tls: Arc::new(tls),
+            tls: Arc::clone(&tls),
         });
         crate::auth::fetch::use_pool(pool.clone());
-        Ok(UpstreamClient { pool })
+        Ok(UpstreamClient { pool, backends, tls })
+    }
+
+    /// The default TLS client configuration, for connections outside the pool (an upgraded
+    /// WebSocket connection never returns to it).
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        Arc::clone(&self.tls)
+    }
+
+    /// Backend state shared across configuration swaps (counters, ejections, DNS, TLS).
+    pub fn backends(&self) -> &BackendRegistry {
+        &self.backends
     }
 
     /// Sends `parts` (already rewritten: headers, path) with `body` to an endpoint of `backend`,
-    /// retrying per the route's policy, within the route's timeout.
+    /// chosen by its balancing policy (`caller` feeds consistent hashing), retrying per the
+    /// route's policy (on another endpoint when there is one), within the route's timeout. Every
+    /// attempt's outcome feeds outlier detection.
     pub async fn send(
         &self,
         policy: &RoutePolicy,
@@ -97,6 +124,7 @@ impl UpstreamClient {
         mut parts: http::request::Parts,
         path_and_query: &str,
         body: RequestBody,
+        caller: Caller<'_>,
     ) -> Result<Exchange, ProxyError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + policy.timeout;
@@ -108,11 +136,35 @@ impl UpstreamClient {
         if let Some(host) = &backend.host_header {
             parts.headers.insert(header::HOST, host.clone());
         }
+        let tls = match &backend.tls {
+            TlsSetup::Default => None,
+            TlsSetup::Custom(profile) => Some(&**profile),
+            TlsSetup::Broken(reason) => {
+                tracing::warn!(backend = %backend.name, %reason, "upstream TLS is not usable");
+                policy.metrics.upstream_error("tls_setup");
+                return Err(ProxyError::Upstream);
+            }
+        };
+        let endpoints = match tokio::time::timeout_at(deadline, backend.endpoints()).await {
+            Err(_elapsed) => {
+                policy.metrics.upstream_error("timeout");
+                return Err(ProxyError::UpstreamTimeout { timeout_ms });
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(backend = %backend.name, %error, "no endpoints");
+                policy.metrics.upstream_error("resolve");
+                return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
+            }
+            Ok(Ok(endpoints)) => endpoints,
+        };
+        let query = path_and_query.split_once('?').map(|(_, q)| q);
+        let hash_key = backend.hash_key(&parts.headers, query, caller);
         let mut body = Some(body);
         let mut parts = Some(parts);
         let mut attempt = 0;
+        let mut avoid: Option<http::uri::Authority> = None;
         loop {
-            let Some(endpoint) = backend.pick() else {
+            let Some(endpoint) = backend.pick(&endpoints, hash_key, avoid.as_ref()) else {
                 return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
             };
             let can_retry = attempt < retries.attempts;
@@ -129,29 +181,45 @@ impl UpstreamClient {
             };
             let Some(this_parts) = this_parts else { return Err(ProxyError::Internal) };
             let request = Request::from_parts(this_parts, this_body);
-            let send = self.pool.send(&backend.scheme, endpoint, backend.server_name.as_deref(), request);
+            let in_flight = backend.start(endpoint);
+            let send = self.pool.send_with(
+                &backend.scheme,
+                &endpoint.authority,
+                backend.server_name.as_deref(),
+                tls,
+                request,
+            );
             let can_retry = can_retry && body.is_some();
             match tokio::time::timeout_at(deadline, send).await {
                 Err(_elapsed) => {
+                    backend.record(endpoint, &endpoints, true);
                     policy.metrics.upstream_error("timeout");
                     return Err(ProxyError::UpstreamTimeout { timeout_ms });
                 }
-                Ok(Ok(response)) => {
+                Ok(Ok(mut response)) => {
+                    backend.record(endpoint, &endpoints, response.status().is_server_error());
                     if can_retry && retries.on_statuses.contains(&response.status().as_u16()) {
                         policy.metrics.upstream_error("retry_status");
+                        avoid = Some(endpoint.authority.clone());
                         attempt += 1;
                         continue;
                     }
+                    response.body_mut().hold(in_flight);
                     return Ok(Exchange {
                         response,
-                        endpoint: endpoint.to_string(),
+                        endpoint: endpoint.authority.to_string(),
                         elapsed: started.elapsed(),
                     });
                 }
                 Ok(Err(error)) => {
+                    // A client body over the limit is the client's failure, not the endpoint's.
+                    if !body_too_large(&error) {
+                        backend.record(endpoint, &endpoints, true);
+                    }
                     if error.is_connect() {
                         policy.metrics.upstream_error("connect");
                         if can_retry && retries.on_connect_failure {
+                            avoid = Some(endpoint.authority.clone());
                             attempt += 1;
                             continue;
                         }

@@ -101,6 +101,9 @@ fn shapes_ignore_parameter_names() {
     assert!(!t("/a/{x}").same_shape(&t("/a/{x}/")));
     assert!(!t("/a/b").same_shape(&t("/a/{x}")));
     assert_ne!(t("/a/{x}"), t("/a/{y}"));
+    assert_eq!(t("/a/{x}/{r+}").shape_key(), t("/a/{y}/{s+}").shape_key());
+    assert_ne!(t("/a/{x}").shape_key(), t("/a/{x}/").shape_key());
+    assert_ne!(t("/%7Bx%7D").shape_key(), t("/{x}").shape_key());
 }
 
 proptest! {
@@ -114,6 +117,19 @@ proptest! {
             let shown = template.to_string();
             prop_assert_eq!(parse(&shown), Ok(template.clone()));
             prop_assert_eq!(template.to_string(), shown);
+        }
+    }
+
+    /// The compiler indexes route claims by `shape_key`, so it must agree with `same_shape`.
+    #[test]
+    fn shape_key_agrees_with_same_shape(
+        a in prop::collection::vec(prop_oneof!["[ab]", "%7B[ab]%7D", "\\{[xy]\\}", "\\{[xy]\\+\\}"], 0..4),
+        b in prop::collection::vec(prop_oneof!["[ab]", "%7B[ab]%7D", "\\{[xy]\\}", "\\{[xy]\\+\\}"], 0..4),
+        trailing in any::<(bool, bool)>(),
+    ) {
+        let build = |s: &[String], t: bool| format!("/{}{}", s.join("/"), if t && !s.is_empty() { "/" } else { "" });
+        if let (Ok(x), Ok(y)) = (parse(&build(&a, trailing.0)), parse(&build(&b, trailing.1))) {
+            prop_assert_eq!(x.same_shape(&y), x.shape_key() == y.shape_key(), "{} vs {}", x, y);
         }
     }
 }

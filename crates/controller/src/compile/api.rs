@@ -23,9 +23,9 @@ pub struct ApiInfo<'a> {
     pub serve: bool,
     /// Resource policy and client validation (authorizers are added once routes resolve).
     pub auth: tollgate_ir::auth::ApiAuth,
+    /// Set on WebSocket APIs.
+    pub web_socket: Option<ir::websocket::WebSocketApi>,
 }
-
-const NOT_YET: &str = reason::NOT_YET_ENFORCED;
 
 pub fn compile_apis<'a>(
     apis: &[&'a Object<GatewayAPI>],
@@ -42,14 +42,9 @@ pub fn compile_apis<'a>(
         let k = Kind::GatewayAPI;
         let mut serve = true;
 
-        if spec.protocol == Some(Protocol::WebSocket) {
-            d.warn(
-                k,
-                &key,
-                NOT_YET,
-                "spec.protocol",
-                "managed WebSocket APIs are not yet served by this version",
-            );
+        // WebSocket APIs: route selection, limits, @connections credentials.
+        let web_socket = super::websocket::compile_api(api, &key, secrets, d);
+        if spec.protocol == Some(Protocol::WebSocket) && web_socket.is_none() {
             serve = false;
         }
         let hostnames = check_hostnames(&spec.hostnames, "spec.hostnames", &key, d);
@@ -59,14 +54,6 @@ pub fn compile_apis<'a>(
         let auth = super::auth::compile_api_auth(spec, &key, secrets, d);
         if auth.is_none() {
             serve = false;
-        }
-        for (field, set) in [
-            ("spec.routeSelectionExpression", spec.route_selection_expression.is_some()),
-            ("spec.connectionsApi", spec.connections_api.is_some()),
-        ] {
-            if set {
-                d.warn(k, &key, NOT_YET, field, "accepted but not yet enforced by this version");
-            }
         }
 
         if let Some(allowed) = &spec.allowed_routes {
@@ -145,6 +132,7 @@ pub fn compile_apis<'a>(
             certificates,
             serve: serve && accepted,
             auth: auth.unwrap_or_default(),
+            web_socket,
         });
     }
     out
@@ -285,21 +273,7 @@ fn check_stages(stages: &[Stage], key: &ir::ObjectKey, d: &mut Diagnostics) {
         {
             d.invalid(k, key, format!("{at}.routeSelector"), message);
         }
-        for (field, set) in [("canary", stage.canary.is_some())] {
-            if set {
-                d.warn(
-                    k,
-                    key,
-                    NOT_YET,
-                    format!("{at}.{field}"),
-                    if field == "canary" {
-                        "accepted but not yet enforced: all traffic goes to the stable track"
-                    } else {
-                        "accepted but not yet enforced by this version"
-                    },
-                );
-            }
-        }
+        super::canary::check(stage, &at, key, d);
         for name in stage.variables.keys() {
             if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || name.is_empty() {
                 d.invalid(

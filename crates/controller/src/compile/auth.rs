@@ -266,59 +266,7 @@ fn compile_sigv4(
             format!("{service:?} is not a service name (e.g. execute-api)"),
         );
     }
-    let mut access_keys: Vec<ira::AccessKey> = Vec::new();
-    for (secret_key, secret) in secrets.range(
-        ir::ObjectKey::new(key.namespace.clone(), "")..ir::ObjectKey::new(format!("{}\0", key.namespace), ""),
-    ) {
-        if secret.type_.as_deref() != Some(ACCESS_KEY_SECRET_TYPE) {
-            continue;
-        }
-        let labels = secret.metadata.labels.clone().unwrap_or_default();
-        if !selector::matches(&sig.credential_selector, &labels) {
-            continue;
-        }
-        let (Some(id), Some(secret_access_key)) =
-            (secret_text(secret, "accessKeyId"), secret_text(secret, "secretAccessKey"))
-        else {
-            d.warn(
-                K,
-                key,
-                reason::INVALID,
-                field,
-                format!("Secret {secret_key} is skipped: it must hold accessKeyId and secretAccessKey"),
-            );
-            continue;
-        };
-        let id = id.trim().to_string();
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            d.warn(
-                K,
-                key,
-                reason::INVALID,
-                field,
-                format!("Secret {secret_key} is skipped: accessKeyId must be letters and digits"),
-            );
-            continue;
-        }
-        if let Some(other) = access_keys.iter().find(|a| a.access_key_id == id) {
-            d.warn(
-                K,
-                key,
-                reason::CONFLICT,
-                field,
-                format!(
-                    "Secret {secret_key} is skipped: access key id {id} is already defined by Secret {}",
-                    other.source
-                ),
-            );
-            continue;
-        }
-        access_keys.push(ira::AccessKey {
-            source: secret_key.clone(),
-            access_key_id: id,
-            secret_access_key: ir::Redacted::new(secret_access_key.trim().to_string()),
-        });
-    }
+    let access_keys = select_access_keys(K, key, &sig.credential_selector, field, secrets, d);
     if access_keys.is_empty() {
         d.warn(
             K,
@@ -331,7 +279,6 @@ fn compile_sigv4(
             ),
         );
     }
-    access_keys.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
     Some(ira::SigV4Authorizer { region: sig.region.clone(), service, access_keys })
 }
 
@@ -539,4 +486,72 @@ pub fn api_auth(api: &ApiInfo<'_>, authorizers: &Authorizers, stages: &[ir::Stag
     let mut auth = api.auth.clone();
     auth.authorizers = used.into_iter().filter_map(|k| authorizers.get(k).cloned()).collect();
     auth
+}
+
+/// The access keys (`tollgate.dev/access-key` Secrets of `key`'s namespace) that `selector`
+/// picks, for a SigV4 Authorizer or a WebSocket API's `@connections` API. Secrets that cannot be
+/// used are skipped with a warning on `field`; the result is sorted by access key id.
+pub(super) fn select_access_keys(
+    kind: Kind,
+    key: &ir::ObjectKey,
+    selector: &tollgate_crds::LabelSelector,
+    field: &str,
+    secrets: &BTreeMap<ir::ObjectKey, &Secret>,
+    d: &mut Diagnostics,
+) -> Vec<ira::AccessKey> {
+    let mut access_keys: Vec<ira::AccessKey> = Vec::new();
+    for (secret_key, secret) in secrets.range(
+        ir::ObjectKey::new(key.namespace.clone(), "")..ir::ObjectKey::new(format!("{}\0", key.namespace), ""),
+    ) {
+        if secret.type_.as_deref() != Some(ACCESS_KEY_SECRET_TYPE) {
+            continue;
+        }
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        if !selector::matches(selector, &labels) {
+            continue;
+        }
+        let (Some(id), Some(secret_access_key)) =
+            (secret_text(secret, "accessKeyId"), secret_text(secret, "secretAccessKey"))
+        else {
+            d.warn(
+                kind,
+                key,
+                reason::INVALID,
+                field,
+                format!("Secret {secret_key} is skipped: it must hold accessKeyId and secretAccessKey"),
+            );
+            continue;
+        };
+        let id = id.trim().to_string();
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            d.warn(
+                kind,
+                key,
+                reason::INVALID,
+                field,
+                format!("Secret {secret_key} is skipped: accessKeyId must be letters and digits"),
+            );
+            continue;
+        }
+        if let Some(other) = access_keys.iter().find(|a| a.access_key_id == id) {
+            d.warn(
+                kind,
+                key,
+                reason::CONFLICT,
+                field,
+                format!(
+                    "Secret {secret_key} is skipped: access key id {id} is already defined by Secret {}",
+                    other.source
+                ),
+            );
+            continue;
+        }
+        access_keys.push(ira::AccessKey {
+            source: secret_key.clone(),
+            access_key_id: id,
+            secret_access_key: ir::Redacted::new(secret_access_key.trim().to_string()),
+        });
+    }
+    access_keys.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
+    access_keys
 }

@@ -96,7 +96,8 @@ fn authority(address: &str, port: i32) -> String {
     if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") }
 }
 
-fn http_backend(name: String, endpoints: Vec<String>, host_header: Option<String>) -> ir::Backend {
+/// A plain-HTTP backend with default balancing and no outlier detection.
+pub fn http_backend(name: String, endpoints: Vec<String>, host_header: Option<String>) -> ir::Backend {
     ir::Backend {
         name,
         scheme: ir::Scheme::Http,
@@ -104,6 +105,10 @@ fn http_backend(name: String, endpoints: Vec<String>, host_header: Option<String
         host_header,
         tls_server_name: None,
         service: None,
+        tls: None,
+        load_balancing: ir::upstream::LoadBalancing::RoundRobin,
+        outlier_detection: None,
+        dns: None,
     }
 }
 
@@ -159,6 +164,10 @@ pub fn parse_url(url: &str) -> Result<UrlTarget, String> {
             host_header: Some(host_header),
             tls_server_name: (scheme == ir::Scheme::Https).then(|| host.trim_matches(['[', ']']).to_string()),
             service: None,
+            tls: None,
+            load_balancing: ir::upstream::LoadBalancing::RoundRobin,
+            outlier_detection: None,
+            dns: None,
         },
         path: path.trim_end_matches('/').to_string(),
     })

@@ -18,6 +18,8 @@ pub enum Target {
     Url(String),
     /// A fixed response.
     Mock(ir::MockIntegration),
+    /// A ServiceExport's backend, resolved and allowed for the Route's API.
+    Export(Box<ir::Backend>),
 }
 
 /// A Route after phase 2.
@@ -38,6 +40,8 @@ pub struct RouteInfo<'a> {
     pub served: Cell<bool>,
     /// Who may call it (resolved by `auth::resolve_routes`).
     pub auth: ir::auth::RouteAuth,
+    /// WebSocket APIs: the route key; HTTP APIs: passthrough timeouts.
+    pub socket: super::websocket::RouteSocket,
 }
 
 const K: Kind = Kind::Route;
@@ -46,17 +50,19 @@ pub fn compile_routes<'a>(
     routes: &[&'a Object<Route>],
     apis: &[ApiInfo<'_>],
     inputs: &Inputs,
+    exports: &super::service_export::Exports<'_>,
     d: &mut Diagnostics,
 ) -> Vec<RouteInfo<'a>> {
     let namespace_labels: BTreeMap<String, BTreeMap<String, String>> =
         inputs.namespaces.iter().map(|n| (n.key().name, n.labels())).collect();
-    routes.iter().map(|object| compile_route(object, apis, &namespace_labels, d)).collect()
+    routes.iter().map(|object| compile_route(object, apis, &namespace_labels, exports, d)).collect()
 }
 
 fn compile_route<'a>(
     object: &'a Object<Route>,
     apis: &[ApiInfo<'_>],
     namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    exports: &super::service_export::Exports<'_>,
     d: &mut Diagnostics,
 ) -> RouteInfo<'a> {
     let key = object.key();
@@ -107,21 +113,15 @@ fn compile_route<'a>(
         }
     }
 
-    if spec.route_key.is_some() {
-        d.warn(
-            K,
-            &key,
-            reason::NOT_YET_ENFORCED,
-            "spec.routeKey",
-            "route keys apply to WebSocket APIs, not yet served",
-        );
-    }
+    let web_socket_api = api.and_then(|i| apis.get(i)).is_some_and(|a| a.web_socket.is_some());
+    let socket = super::websocket::check_route(&object.object, &key, web_socket_api, d);
 
     // Match.
     let mut methods = Vec::new();
     let mut template = None;
     let mut headers = Vec::new();
     match &spec.r#match {
+        _ if web_socket_api => {}
         None => {
             d.invalid(
                 K,
@@ -177,6 +177,11 @@ fn compile_route<'a>(
     let mut timeout = None;
     let mut retries = ir::Retries::default();
     match &spec.integration {
+        // `$connect` / `$disconnect` without an integration: accept (reported by websocket.rs
+        // for other route keys).
+        None if web_socket_api => {
+            target = Some(Target::Mock(super::websocket::accept_integration()));
+        }
         None => {
             d.invalid(K, &key, "spec.integration", "set exactly one of service, serviceExport, url or mock")
         }
@@ -207,15 +212,8 @@ fn compile_route<'a>(
                 } else {
                     target = Some(Target::Service { name: s.name.clone(), port: s.port });
                 }
-            } else if i.service_export.is_some() {
-                d.unresolved(
-                    K,
-                    &key,
-                    reason::NOT_YET_ENFORCED,
-                    "spec.integration.serviceExport",
-                    "serviceExport backends are not yet served by this version; use service or url",
-                );
-                servable = false;
+            } else if let Some(export) = &i.service_export {
+                target = super::service_export::route_target(&key, &api_key, export, exports, d);
             } else if let Some(url) = &i.url {
                 // Check the shape now; stage variables are substituted per stage.
                 let probe = url.replace("${", "x").replace('}', "");
@@ -302,6 +300,7 @@ fn compile_route<'a>(
         servable,
         served: Cell::new(false),
         auth: ir::auth::RouteAuth::None,
+        socket,
     }
 }
 

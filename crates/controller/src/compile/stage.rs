@@ -1,4 +1,5 @@
-//! Phase 3: each stage's routes — selection, stage variables, backends, duplicates.
+//! Phase 3: each stage's routes — selection, stage variables, backends, duplicates — for the
+//! stable track here, for the canary track in `canary.rs`.
 
 use std::collections::BTreeMap;
 
@@ -7,6 +8,7 @@ use tollgate_ir as ir;
 
 use super::api::ApiInfo;
 use super::backend::{ServiceError, ServiceIndex, parse_url};
+use super::claims::Claims;
 use super::route::{RouteInfo, Target};
 use super::selector;
 use super::traffic::TrafficInputs;
@@ -54,25 +56,71 @@ fn compile_stage(
     d: &mut Diagnostics,
 ) -> ir::Stage {
     let base_path = stage.base_path.as_deref().map(|b| b.trim_end_matches('/')).filter(|b| !b.is_empty());
+    let stable: Vec<&RouteInfo<'_>> =
+        routes.iter().filter(|r| r.servable && attaches_to(r, api) && selected(stage, &r.labels)).collect();
+    let mut served = serve(api, stage, &stable, services, d, ir::canary::Track::Stable);
+    if api.web_socket.is_some() {
+        super::websocket::finish_stage(api.object, &api.key, stage, &mut served, api.limits.timeout, d);
+    }
+    served.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.key.cmp(&b.key)));
+    let canary = super::canary::compile_track(api, stage, routes, &served, services, d);
+    ir::Stage {
+        name: stage.name.clone(),
+        hostnames: {
+            let mut h: Vec<String> = stage.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
+            h.sort();
+            h
+        },
+        base_path: base_path.map(str::to_string),
+        variables: stage.variables.clone(),
+        access_log: stage.access_log.as_ref().and_then(|a| a.enabled).unwrap_or(true),
+        traffic: super::traffic::stage_traffic(&api.key, stage, &served, &traffic.plans, d),
+        routes: served,
+        canary,
+    }
+}
+
+/// Compiles `candidates` (in conflict order) for one track of `stage`, whose variables the
+/// backends use; refuses duplicates within the track.
+pub(super) fn serve<'r, 'a>(
+    api: &ApiInfo<'_>,
+    stage: &Stage,
+    candidates: &[&'r RouteInfo<'a>],
+    services: &ServiceIndex<'_>,
+    d: &mut Diagnostics,
+    track: ir::canary::Track,
+) -> Vec<ir::Route> {
     let mut served: Vec<ir::Route> = Vec::new();
-    // (shape, methods, headers) → the Route that claimed it first on this stage.
-    let mut claims: Vec<(&RouteInfo<'_>, &ir::ObjectKey)> = Vec::new();
-    for route in routes.iter().filter(|r| r.servable && attaches_to(r, api)) {
-        if !selected(stage, &route.labels) {
+    // (shape, methods, headers) → the Route that claimed it first on this track.
+    let mut claims: Claims<'r, 'a> = Claims::default();
+    let on = match track {
+        ir::canary::Track::Stable => format!("stage {}", stage.name),
+        ir::canary::Track::Canary => format!("the canary track of stage {}", stage.name),
+    };
+    for &route in candidates {
+        if let Some(route_key) = route.socket.route_key.as_deref() {
+            // WebSocket APIs: routes are chosen by route key, not by path (websocket.rs).
+            let integrate = |d: &mut Diagnostics| integration(route, stage, services, d);
+            let served_route =
+                super::websocket::stage_route(route, route_key, stage, api, &served, integrate, d);
+            if let Some(served_route) = served_route {
+                route.served.set(true);
+                d.programmed(Kind::Route, &route.key, true);
+                served.push(served_route);
+            }
             continue;
         }
         let Some(template) = &route.template else { continue };
-        if let Some((_, owner)) = claims.iter().find(|(other, _)| conflicts(other, route)) {
+        if let Some(owner) = claims.owner_of_conflict(route) {
             d.reject(
                 Kind::Route,
                 &route.key,
                 reason::CONFLICT,
                 "spec.match",
                 format!(
-                    "{} {template} is already served on stage {} by Route {owner}, which is older: change the path, \
+                    "{} {template} is already served on {on} by Route {owner}, which is older: change the path, \
                      methods or headers",
                     if route.methods.is_empty() { "ANY".to_string() } else { route.methods.join(",") },
-                    stage.name
                 ),
             );
             continue;
@@ -91,7 +139,7 @@ fn compile_stage(
         ) else {
             continue;
         };
-        claims.push((route, &route.key));
+        claims.claim(route);
         route.served.set(true);
         d.programmed(Kind::Route, &route.key, true);
         served.push(ir::Route {
@@ -104,51 +152,24 @@ fn compile_stage(
             retries: route.retries.clone(),
             traffic: route_traffic,
             auth: route.auth.clone(),
+            route_key: None,
+            web_socket: route.socket.passthrough,
         });
     }
-    served.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.key.cmp(&b.key)));
-    ir::Stage {
-        name: stage.name.clone(),
-        hostnames: {
-            let mut h: Vec<String> = stage.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
-            h.sort();
-            h
-        },
-        base_path: base_path.map(str::to_string),
-        variables: stage.variables.clone(),
-        access_log: stage.access_log.as_ref().and_then(|a| a.enabled).unwrap_or(true),
-        traffic: super::traffic::stage_traffic(&api.key, stage, &served, &traffic.plans, d),
-        routes: served,
-    }
+    served
 }
 
-fn attaches_to(route: &RouteInfo<'_>, api: &ApiInfo<'_>) -> bool {
+pub(super) fn attaches_to(route: &RouteInfo<'_>, api: &ApiInfo<'_>) -> bool {
     route.object.spec.api_ref.name == api.key.name
         && route.object.spec.api_ref.namespace.as_deref().unwrap_or(&route.key.namespace) == api.key.namespace
 }
 
-/// The stable track: the stage's routeSelector when set; otherwise every Route the canary's
-/// selector does not take.
+/// The stable track: the stage's routeSelector (default: every Route), minus the Routes the
+/// canary's selector takes — a Route the canary selects is only ever on the canary track.
 fn selected(stage: &Stage, labels: &BTreeMap<String, String>) -> bool {
-    match (&stage.route_selector, stage.canary.as_ref().and_then(|c| c.route_selector.as_ref())) {
-        (Some(sel), _) => selector::matches(sel, labels),
-        (None, Some(canary)) => !selector::matches(canary, labels),
-        (None, None) => true,
-    }
-}
-
-/// Two routes collide when they match the same paths with overlapping methods and the same
-/// header conditions. "Any method" overlaps only "any method" (a named method wins over it).
-fn conflicts(a: &RouteInfo<'_>, b: &RouteInfo<'_>) -> bool {
-    let (Some(ta), Some(tb)) = (&a.template, &b.template) else {
-        return false;
-    };
-    let methods_overlap = if a.methods.is_empty() || b.methods.is_empty() {
-        a.methods.is_empty() && b.methods.is_empty()
-    } else {
-        a.methods.iter().any(|m| b.methods.contains(m))
-    };
-    methods_overlap && a.headers == b.headers && ta.same_shape(tb)
+    let stable = stage.route_selector.as_ref().is_none_or(|sel| selector::matches(sel, labels));
+    let canary = stage.canary.as_ref().and_then(|c| c.route_selector.as_ref());
+    stable && !canary.is_some_and(|sel| selector::matches(sel, labels))
 }
 
 fn integration(
@@ -173,6 +194,11 @@ fn integration(
     };
     match route.target.as_ref()? {
         Target::Mock(mock) => Some(ir::Integration::Mock(mock.clone())),
+        Target::Export(backend) => Some(ir::Integration::Http(ir::HttpIntegration {
+            backend: (**backend).clone(),
+            path_prefix: String::new(),
+            path: route.rewrite.clone(),
+        })),
         Target::Service { name, port } => {
             let field = "spec.integration.service.name";
             let name = match substitute(name, &stage.variables) {
@@ -209,14 +235,7 @@ fn integration(
                         ),
                     };
                     d.unresolved(k, key, reason::NOT_FOUND, "spec.integration.service", message);
-                    ir::Backend {
-                        name: format!("{}/{name}:{port}", key.namespace),
-                        scheme: ir::Scheme::Http,
-                        endpoints: Vec::new(),
-                        host_header: None,
-                        tls_server_name: None,
-                        service: None,
-                    }
+                    super::backend::http_backend(format!("{}/{name}:{port}", key.namespace), Vec::new(), None)
                 }
             };
             Some(ir::Integration::Http(ir::HttpIntegration {

@@ -1,5 +1,6 @@
 //! The subscription server: HTTP/2 (or HTTP/1.1) over TLS; `GET /v1alpha1/subscribe` streams
-//! frames, `POST /v1alpha1/applied` records what a proxy applied.
+//! frames, `POST /v1alpha1/applied` records what a proxy applied, `POST /v1alpha1/stats` takes
+//! its per-track counts of canary stages.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -14,13 +15,12 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tollgate_ir::distribution::{
-    APPLIED_PATH, AppliedReport, Frame as WireFrame, HAVE_VERSION_HEADER, SESSION_HEADER, SUBSCRIBE_PATH,
+    APPLIED_PATH, AppliedReport, Frame as WireFrame, HAVE_VERSION_HEADER, MAX_STATS_BYTES, SESSION_HEADER,
+    STATS_PATH, SUBSCRIBE_PATH, StatsReport,
 };
 use tracing::Instrument;
 
@@ -31,39 +31,14 @@ use crate::publish::Publisher;
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Why the server's TLS settings could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    /// A file could not be read or parsed.
-    #[error("{path}: {message}")]
-    File {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// rustls refused the certificate or key.
-    #[error("TLS configuration rejected: {0}")]
-    Rustls(#[source] rustls::Error),
-}
+pub type TlsSetupError = crate::tls_reload::CertError;
 
 /// A TLS acceptor from a PEM certificate chain and a PEM private key, offering h2 and http/1.1.
+/// The files are re-read when they change (a rotated Secret), checked at most every 10 s.
 pub fn server_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
-    let file_error =
-        |path: &Path, message: String| TlsSetupError::File { path: path.display().to_string(), message };
-    let cert_pem = std::fs::read(cert).map_err(|e| file_error(cert, e.to_string()))?;
-    let key_pem = std::fs::read(key).map_err(|e| file_error(key, e.to_string()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_error(cert, format!("not a PEM certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(file_error(cert, "holds no certificate".into()));
-    }
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| file_error(key, format!("not a PEM private key: {e}")))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(TlsSetupError::Rustls)?;
+    let resolver = crate::tls_reload::ReloadingCert::new(cert, key, Duration::from_secs(10))?;
+    let mut config =
+        rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -173,6 +148,23 @@ impl DistributionServer {
                 };
                 let published = self.publisher.current();
                 if self.sessions.applied(&report.session, report.version, &published) {
+                    text(StatusCode::NO_CONTENT, String::new())
+                } else {
+                    text(StatusCode::NOT_FOUND, "unknown session: subscribe again\n".into())
+                }
+            }
+            (&Method::POST, STATS_PATH) => {
+                let body = match Limited::new(request.into_body(), MAX_STATS_BYTES).collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "stats report too large\n".into()),
+                };
+                let Ok(report) = serde_json::from_slice::<StatsReport>(&body) else {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "expected {\"session\":..., \"tracks\":[...]}\n".into(),
+                    );
+                };
+                if self.sessions.record_stats(&report.session, report.tracks) {
                     text(StatusCode::NO_CONTENT, String::new())
                 } else {
                     text(StatusCode::NOT_FOUND, "unknown session: subscribe again\n".into())

@@ -1,10 +1,12 @@
-//! Connected proxies: one session per subscription, with the version it last applied.
+//! Connected proxies: one session per subscription, with the version it last applied, and the
+//! per-track counts they report for canary analysis.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tollgate_ir::ObjectKey;
+use tollgate_ir::canary::TrackReport;
 
 use crate::metrics::ControllerMetrics;
 use crate::publish::Published;
@@ -36,7 +38,13 @@ pub struct Sessions {
     sessions: Mutex<HashMap<String, Session>>,
     changed: watch::Sender<u64>,
     metrics: Arc<ControllerMetrics>,
+    /// Per-track counts reported since the canary analysis last took them.
+    stats: Mutex<Vec<TrackReport>>,
 }
+
+/// Most track reports kept between two takes (the analysis takes them several times a second;
+/// this bounds memory when it does not run, e.g. on a replica that is not the leader).
+const MAX_PENDING_REPORTS: usize = 100_000;
 
 /// Removes its session when dropped (the subscription ended).
 pub struct SessionGuard {
@@ -57,7 +65,12 @@ impl Drop for SessionGuard {
 impl Sessions {
     /// No sessions.
     pub fn new(metrics: Arc<ControllerMetrics>) -> Arc<Sessions> {
-        Arc::new(Sessions { sessions: Mutex::new(HashMap::new()), changed: watch::channel(0).0, metrics })
+        Arc::new(Sessions {
+            sessions: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+            metrics,
+            stats: Mutex::default(),
+        })
     }
 
     /// Opens a session.
@@ -97,6 +110,25 @@ impl Sessions {
         }
         self.touch();
         true
+    }
+
+    /// Keeps the per-track counts a session reported, for the canary analysis. `false` when the
+    /// session is unknown.
+    pub fn record_stats(&self, id: &str, reports: Vec<TrackReport>) -> bool {
+        let known = self.sessions.lock().map(|s| s.contains_key(id)).unwrap_or(false);
+        if !known {
+            return false;
+        }
+        let mut pending = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() + reports.len() <= MAX_PENDING_REPORTS {
+            pending.extend(reports);
+        }
+        true
+    }
+
+    /// Takes every per-track count reported since the last call.
+    pub fn take_stats(&self) -> Vec<TrackReport> {
+        std::mem::take(&mut *self.stats.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn touch(&self) {

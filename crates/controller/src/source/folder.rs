@@ -12,12 +12,15 @@ use super::{Changes, Source};
 use crate::fingerprint::Fingerprint;
 use crate::inputs::{Inputs, Kind, Object};
 use crate::load::{self, Loaded};
+use crate::load_cache::LoadCache;
 
 /// Objects read from a folder; re-read when a file changes. A folder that fails to load keeps the
 /// last good objects.
 pub struct FolderSource {
     dir: PathBuf,
     state: Mutex<FolderState>,
+    /// Parsed files, so a change re-parses only the files that changed.
+    cache: Mutex<LoadCache>,
     changes: Changes,
 }
 
@@ -32,7 +35,12 @@ struct FolderState {
 impl FolderSource {
     /// A source for `dir`; nothing is read until [`FolderSource::poll`].
     pub fn new(dir: PathBuf, changes: Changes) -> Arc<FolderSource> {
-        Arc::new(FolderSource { dir, state: Mutex::new(FolderState::default()), changes })
+        Arc::new(FolderSource {
+            dir,
+            state: Mutex::new(FolderState::default()),
+            cache: Mutex::new(LoadCache::new()),
+            changes,
+        })
     }
 
     /// Polls every `interval` until the task is dropped.
@@ -58,7 +66,10 @@ impl FolderSource {
                 return;
             }
         }
-        let result = load::load_dir(&self.dir);
+        let result = match self.cache.lock() {
+            Ok(mut cache) => cache.load_dir(&self.dir),
+            Err(_) => load::load_dir(&self.dir),
+        };
         let Ok(mut state) = self.state.lock() else { return };
         state.fingerprint = fingerprint;
         match result {

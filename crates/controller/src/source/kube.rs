@@ -282,6 +282,7 @@ where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
+        + serde::Serialize
         + Debug
         + Send
         + Sync
@@ -308,24 +309,50 @@ fn key_of<K: Resource>(object: &K) -> ObjectKey {
 
 /// Whether a modification matters to compile. Tollgate kinds have a status subresource: their
 /// `generation` moves with the spec, so our own status writes (which only move
-/// `resourceVersion`) do not trigger a rebuild. Labels matter too (selectors).
-fn relevant_change<K: Resource>(kind: Kind, old: Option<&K>, new: &K) -> bool {
+/// `resourceVersion`) do not trigger a rebuild. Labels matter too (selectors), and so does a
+/// GatewayAPI's `status.stages` (the canary analysis' effective weight, which compile reads).
+fn relevant_change<K: Resource + serde::Serialize>(kind: Kind, old: Option<&K>, new: &K) -> bool {
     let tollgate = matches!(
         kind,
         Kind::GatewayAPI | Kind::Route | Kind::Authorizer | Kind::UsagePlan | Kind::ServiceExport
     );
     match old {
         Some(old) if tollgate => {
-            old.meta().generation != new.meta().generation || old.meta().labels != new.meta().labels
+            old.meta().generation != new.meta().generation
+                || old.meta().labels != new.meta().labels
+                || (kind == Kind::GatewayAPI && canary_status(old) != canary_status(new))
         }
         _ => true,
     }
 }
 
+/// What compile reads from a GatewayAPI's `status.stages`: each canary's effective weight, phase
+/// and revision (not the decision texts, which change every analysis interval). Empty for
+/// anything else.
+fn canary_status<K: serde::Serialize>(object: &K) -> Vec<serde_json::Value> {
+    let value = serde_json::to_value(object).unwrap_or_default();
+    let Some(stages) = value.get("status").and_then(|s| s.get("stages")).and_then(|s| s.as_array()) else {
+        return Vec::new();
+    };
+    stages
+        .iter()
+        .map(|stage| {
+            let canary = stage.get("canary");
+            let field = |name: &str| canary.and_then(|c| c.get(name)).cloned().unwrap_or_default();
+            serde_json::json!([
+                stage.get("name"),
+                field("effectiveWeight"),
+                field("phase"),
+                field("revision")
+            ])
+        })
+        .collect()
+}
+
 /// Runs one watcher into its store until the task is aborted.
 async fn watch<K>(api: Api<K>, config: watcher::Config, store: Arc<Store<K>>, kind: Kind, changes: Changes)
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + Debug + Send + Sync + 'static,
 {
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut buffer: Option<BTreeMap<ObjectKey, K>> = None;
@@ -364,5 +391,28 @@ where
             }
             Err(error) => tracing::warn!(%kind, %error, "watch failed; retrying with backoff"),
         }
+    }
+}
+
+#[cfg(test)]
+mod canary_tests {
+    use super::*;
+
+    fn api(weight: f64, decision: &str) -> tollgate_crds::GatewayAPI {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "GatewayAPI",
+            "metadata": {"name": "shop", "namespace": "shop", "generation": 1},
+            "spec": {},
+            "status": {"stages": [{"name": "prod", "canary": {"phase": "Progressing", "effectiveWeight": weight,
+                "revision": "r1", "lastDecision": decision}}]},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_new_canary_weight_in_status_recompiles_a_new_decision_text_does_not() {
+        let old = api(10.0, "stepped");
+        assert!(relevant_change(Kind::GatewayAPI, Some(&old), &api(20.0, "stepped")));
+        assert!(!relevant_change(Kind::GatewayAPI, Some(&old), &api(10.0, "held at 10 %")));
     }
 }

@@ -95,7 +95,9 @@ pub struct AccessLog {
 #[serde(rename_all = "camelCase")]
 pub struct Canary {
     /// Percentage of the stage's requests sent to the canary track, 0 to 100; fractions are
-    /// allowed (0.5 = one request in 200). With `analysis`, the starting weight.
+    /// allowed (0.5 = one request in 200). With `analysis`, the starting weight (0 starts at
+    /// `stepWeight`): the analysis then steps the weight it serves (shown in status) without ever
+    /// editing this field.
     #[schemars(range(min = 0, max = 100))]
     pub weight: f64,
 
@@ -110,18 +112,19 @@ pub struct Canary {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,
 
-    /// Whether a client stays on the track it was first assigned (a cookie records it).
-    /// Default: false.
+    /// Whether a client stays on its track: callers that send an API key or an `Authorization`
+    /// header are placed by a keyed hash of it; others get a signed cookie. Default: false (each
+    /// request is assigned at random by weight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<bool>,
 
     /// Whether the canary track reads and writes the stage's response cache; otherwise it has a
-    /// cache of its own. Default: false.
+    /// cache of its own (same size limit). Default: false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_stage_cache: Option<bool>,
 
-    /// A request header that forces the track, for testing: value `canary` or `stable`.
-    /// Default: enabled, header `x-tollgate-track`.
+    /// A request header that forces the track, for testing: value `always` (the canary) or
+    /// `never` (the stable track). Default: enabled, header `x-tollgate-canary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_header: Option<CanaryForceHeader>,
 
@@ -140,7 +143,7 @@ pub struct CanaryForceHeader {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
 
-    /// Name of the header. Default: `x-tollgate-track`.
+    /// Name of the header. Default: `x-tollgate-canary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = HEADER_NAME_PATTERN))]
     pub name: Option<String>,
@@ -155,7 +158,7 @@ pub struct CanaryForceHeader {
     "canary.analysis: stepWeight must not exceed maxWeight; lower stepWeight or raise maxWeight"
 ))]
 pub struct CanaryAnalysis {
-    /// How often the canary is evaluated and the weight stepped. Default: `1m`.
+    /// How often the canary is evaluated and the weight stepped (at least `1s`). Default: `1m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
 
@@ -164,13 +167,14 @@ pub struct CanaryAnalysis {
     #[schemars(range(min = 0, max = 100), extend("exclusiveMinimum" = true))]
     pub step_weight: Option<f64>,
 
-    /// Weight at which stepping stops; promotion is then an edit in git. Default: 50.
+    /// Weight at which stepping stops (phase `Promoted`); finishing the promotion is then an edit
+    /// in git. Default: 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_weight: Option<f64>,
 
-    /// Largest acceptable share of canary responses that are errors (5xx or no response), in
-    /// percent (1 = 1 %). Above it the canary is rolled back. Default: 1.
+    /// Largest acceptable share of canary responses that are errors (5xx, including the gateway's
+    /// own 502/503/504), in percent (1 = 1 %). Above it the canary is rolled back. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_error_rate: Option<f64>,

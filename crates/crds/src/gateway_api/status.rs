@@ -59,21 +59,50 @@ pub struct StageStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStatus {
-    /// The weight currently served, in percent (differs from spec while analysis steps it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<f64>,
-
-    /// Phase of automated analysis: `Progressing`, `Succeeded` or `RolledBack`.
+    /// Phase of automated analysis: `Progressing`, `Promoted` or `RolledBack`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<CanaryPhase>,
 
-    /// Why the canary is in this phase (e.g. the error rate that caused a rollback).
+    /// The weight the proxies serve, in percent. With analysis it differs from `spec` while the
+    /// analysis steps it; the spec is never rewritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    pub effective_weight: Option<f64>,
 
-    /// When the weight last changed.
+    /// The latest decision of the analysis and why (the figures it judged, canary against stable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<String>,
+
+    /// Once `Promoted`: the change to make in git to finish the promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<String>,
+
+    /// Identifies the canary spec this state belongs to (a hash of `stages[].canary`); an edit of
+    /// the canary restarts the analysis from `spec.weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+
+    /// When the effective weight or the phase last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+
+    /// The latest analysis steps, oldest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<CanaryStep>,
+}
+
+/// One decision of a canary analysis.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStep {
+    /// When the decision was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+
+    /// The effective weight after the decision, in percent.
+    pub weight: f64,
+
+    /// What was decided and why.
+    pub decision: String,
 }
 
 /// Phase of an automated canary analysis.
@@ -83,8 +112,8 @@ pub struct CanaryStatus {
 pub enum CanaryPhase {
     /// The weight is being stepped up.
     Progressing,
-    /// The weight reached `maxWeight` with the canary healthy; promote it in git.
-    Succeeded,
+    /// The weight reached `maxWeight` with the canary healthy; finish the promotion in git.
+    Promoted,
     /// The canary breached its bounds and its weight was set to 0.
     RolledBack,
 }

@@ -54,6 +54,25 @@ pub struct Integration {
     /// Retries of failed backend calls. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
+
+    /// WebSocket passthrough (an HTTP Route whose backend speaks WebSocket): timeouts of the
+    /// upgraded connection. Default: see the fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_socket: Option<WebSocketPassthrough>,
+}
+
+/// Timeouts of a WebSocket connection passed through to a backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketPassthrough {
+    /// The connection is closed when no byte has crossed it, either way, for this long.
+    /// Default: `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+
+    /// The connection is closed once it has been open this long. Default: `2h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<Duration>,
 }
 
 /// A Service port.

@@ -4,7 +4,8 @@
 //! once the response body is done. Here the response body itself hands the connection back when
 //! it reaches its end, so a proxied request costs no extra task, and checkout is one short lock.
 //!
-//! Connections are kept per endpoint (scheme + authority), LIFO (the warmest first), at most
+//! Connections are kept per endpoint (scheme + authority, and for TLS the client configuration
+//! and server name they were made with), LIFO (the warmest first), at most
 //! `MAX_IDLE_PER_ENDPOINT`, and dropped when idle longer than the idle timeout. A request that
 //! could not be written on a pooled connection (the server closed it just as we picked it) is
 //! retried once on a fresh connection: it never reached the upstream.
@@ -73,6 +74,10 @@ impl PoolError {
 struct Key {
     scheme: Scheme,
     authority: Authority,
+    /// The TLS profile the connection was made with (0: the pool's own configuration).
+    tls_profile: u64,
+    /// The server name verified on the connection.
+    server_name: Option<String>,
 }
 
 struct Idle {
@@ -119,7 +124,25 @@ impl Pool {
         server_name: Option<&str>,
         request: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let key = Key { scheme: scheme.clone(), authority: authority.clone() };
+        self.send_with(scheme, authority, server_name, None, request).await
+    }
+
+    /// [`Pool::send`] with a backend's own TLS configuration (`None`: the pool's). Connections
+    /// are pooled per configuration and server name.
+    pub async fn send_with(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        server_name: Option<&str>,
+        tls: Option<&super::backend::TlsProfile>,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let key = Key {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            tls_profile: tls.map_or(0, |t| t.id),
+            server_name: server_name.map(str::to_string),
+        };
         let mut request = request;
         if let Some(mut sender) = self.checkout(&key).await {
             match sender.try_send_request(request).await {
@@ -136,7 +159,7 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(&key, server_name).await?;
+        let mut sender = self.connect(&key, server_name, tls).await?;
         let response = sender
             .send_request(request)
             .await
@@ -154,6 +177,7 @@ impl Pool {
             inner: body,
             ended: false,
             give_back: Some(GiveBack { pool: Arc::clone(&self.inner), key, sender }),
+            in_flight: None,
         })
     }
 
@@ -180,6 +204,7 @@ impl Pool {
         &self,
         key: &Key,
         server_name: Option<&str>,
+        tls: Option<&super::backend::TlsProfile>,
     ) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
         let endpoint = key.authority.to_string();
         let address = (
@@ -200,9 +225,8 @@ impl Pool {
                 endpoint: endpoint.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
-            let tls = self
-                .inner
-                .tls
+            let connector = tls.map_or(&self.inner.tls, |t| &t.connector);
+            let tls = connector
                 .connect(name, stream)
                 .await
                 .map_err(|source| PoolError::Tls { endpoint: endpoint.clone(), source })?;
@@ -258,6 +282,8 @@ pub struct PooledBody {
     inner: Incoming,
     ended: bool,
     give_back: Option<GiveBack>,
+    /// Counts the request in flight on its endpoint until the body ends or is dropped.
+    in_flight: Option<super::backend::InFlight>,
 }
 
 impl Body for PooledBody {
@@ -287,8 +313,14 @@ impl Body for PooledBody {
 }
 
 impl PooledBody {
+    /// Keeps `guard` until the body ends or is dropped.
+    pub fn hold(&mut self, guard: Option<super::backend::InFlight>) {
+        self.in_flight = guard;
+    }
+
     fn finish(&mut self) {
         self.ended = true;
+        self.in_flight = None;
         if let Some(give_back) = self.give_back.take() {
             give_back.give_back();
         }
