@@ -292,22 +292,43 @@ async fn endpoint_changes_take_the_cheap_path() {
         ),
     );
     m.write("svc.yaml", &service_yaml("shop", "orders", 80, &[a.addr]));
+    // The same Service behind a ServiceExport (from another namespace's point of view: the export
+    // lives with the Service and allows the API): its endpoints follow the same cheap path.
+    m.write(
+        "export.yaml",
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ServiceExport\nmetadata: {name: orders, namespace: shop}\n\
+         spec:\n  service: {name: orders, port: 80}\n  allowedApis: [{namespace: shop, name: shop}]\n\
+         ---\n",
+    );
+    m.write(
+        "exported.yaml",
+        &route_yaml(
+            "shop",
+            "exported",
+            "shop",
+            "  match: {path: /exported}\n  integration: {serviceExport: {name: orders, namespace: shop}}\n",
+        ),
+    );
     let creds = Credentials::new(TOKEN);
     let controller = Controller::spawn(m.path(), &creds, addr());
     let proxy = Proxy::spawn(controller.serve, &creds, &creds.path("token"), "p");
     eventually("proxy ready", || proxy.ready()).await;
     let server =
         |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap_or_default()["server"].clone();
-    let (status, body) = proxy.get("/orders").await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(server(&body), "a");
+    for path in ["/orders", "/exported"] {
+        let (status, body) = proxy.get(path).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(server(&body), "a", "{path}");
+    }
 
     // Only the EndpointSlice changes: no compile, an endpoint update.
     m.write("svc.yaml", &service_yaml("shop", "orders", 80, &[b.addr]));
-    eventually("requests reach the new endpoint", || async {
-        proxy.get("/orders").await.is_some_and(|(_, body)| server(&body) == "b")
-    })
-    .await;
+    for path in ["/orders", "/exported"] {
+        eventually("requests reach the new endpoint", || async {
+            proxy.get(path).await.is_some_and(|(_, body)| server(&body) == "b")
+        })
+        .await;
+    }
     let metrics = controller.metrics().await;
     assert!(
         metrics.contains("tollgate_controller_reconciles_total{kind=\"endpoints\",result=\"published\"} 1"),
