@@ -231,9 +231,10 @@ impl CanaryState {
     /// The git change that finishes a promotion.
     pub fn promotion_instruction(&self) -> String {
         format!(
-            "To finish the promotion in git: make the canary's Routes the stable ones (drop the label the canary \
-             selects them by, delete the Routes they replace), move canary.variables into the stage's variables, \
-             then remove stages[{}].canary (or set its weight to 0 until the next release).",
+            "To finish the promotion in git: if the canary overrides variables, move canary.variables into the \
+             stage's variables; if it selects Routes of its own, make them the stable ones (drop the label the \
+             canary selects them by, delete the Routes they replace); then remove stages[{}].canary (or set its \
+             weight to 0 until the next release).",
             self.stage
         )
     }

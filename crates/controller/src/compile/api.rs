@@ -118,6 +118,18 @@ pub fn compile_apis<'a>(
             Some(t) => tls::resolve_certificates(&key, &t.certificate_refs, &cert_hosts, secrets, d),
             None => Vec::new(),
         };
+        if !certificates.is_empty() && cert_hosts.is_empty() {
+            // Certificates are chosen by SNI among the API's hostnames: with none, a client that
+            // sends SNI (every browser and curl with a name) gets a TLS alert.
+            d.warn(
+                k,
+                &key,
+                reason::INVALID,
+                "spec.tls.certificateRefs",
+                "the API has no hostnames, so no TLS server name selects these certificates: add spec.hostnames \
+                 (or stage hostnames) naming what the certificates are for",
+            );
+        }
 
         out.push(ApiInfo {
             key,
