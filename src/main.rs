@@ -44,6 +44,12 @@ enum Command {
         /// Print the result as JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also fail (exit 1) when any diagnostic is an error, not only when an object is
+        /// rejected: an unresolved reference (a missing Service or Secret, a ServiceExport that
+        /// does not allow the API) leaves a Route unserved. For folders that hold every object
+        /// the manifests refer to.
+        #[arg(long)]
+        strict: bool,
     },
     /// Run the operator: watch the Kubernetes API (or a folder), compile, write status (leader
     /// only), and stream snapshots to the proxies that subscribe.
@@ -248,7 +254,7 @@ fn main() -> ExitCode {
             print!("{}", tollgate_crds::crds_yaml());
             ExitCode::SUCCESS
         }
-        Command::Validate { dir, json } => validate::run(&dir, json),
+        Command::Validate { dir, json, strict } => validate::run(&dir, json, strict),
         Command::Echo { listen, name, fail_percent } => {
             match build_tokio(None).map(|rt| rt.block_on(echo::run(listen, name, fail_percent))) {
                 Ok(Ok(())) => ExitCode::SUCCESS,

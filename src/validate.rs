@@ -1,6 +1,7 @@
 //! `tollgate validate DIR`: compile offline and print every diagnostic, for CI and GitOps
-//! pipelines. Exit 0 when every object is accepted, 1 when any is rejected, 2 when the folder
-//! cannot be read at all.
+//! pipelines. Exit 0 when every object is accepted, 1 when any is rejected (with `--strict`: also
+//! when any diagnostic is an error, e.g. an unresolved reference that leaves a Route unserved), 2
+//! when the folder cannot be read at all.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,21 +9,30 @@ use std::process::ExitCode;
 use tollgate_controller::diagnostics::Severity;
 use tollgate_controller::{compile, load};
 
-pub fn run(dir: &Path, json: bool) -> ExitCode {
+pub fn run(dir: &Path, json: bool, strict: bool) -> ExitCode {
     let loaded = match load::load_dir(dir) {
         Ok(loaded) => loaded,
         Err(error) => {
+            if json {
+                println!("{}", serde_json::json!({ "loadError": error.to_string() }));
+            }
             eprintln!("{error}");
             return ExitCode::from(2);
         }
     };
     let compiled = compile::compile_loaded(&loaded);
     let rejected = compiled.reports.iter().filter(|r| r.rejected()).count();
+    let errors = compiled
+        .reports
+        .iter()
+        .flat_map(|r| &r.diagnostics)
+        .filter(|d| matches!(d.severity, Severity::Error))
+        .count();
+    let failed = rejected > 0 || (strict && errors > 0);
     if json {
-        let doc = serde_json::json!({ "rejected": rejected, "objects": compiled.reports });
+        let doc = serde_json::json!({ "rejected": rejected, "errors": errors, "objects": compiled.reports });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        let mut errors = 0;
         let mut warnings = 0;
         for report in &compiled.reports {
             let file = report
@@ -32,10 +42,7 @@ pub fn run(dir: &Path, json: bool) -> ExitCode {
                 .unwrap_or_else(|| "-".into());
             for d in &report.diagnostics {
                 let level = match d.severity {
-                    Severity::Error => {
-                        errors += 1;
-                        "error"
-                    }
+                    Severity::Error => "error",
                     Severity::Warning => {
                         warnings += 1;
                         "warning"
@@ -57,5 +64,5 @@ pub fn run(dir: &Path, json: bool) -> ExitCode {
             rejected
         );
     }
-    if rejected > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -54,6 +54,39 @@ fn broken_manifests_are_named_with_file_object_and_field() {
     assert_eq!(doc["rejected"], 3, "dangling is not rejected, only unresolved: {json}");
 }
 
+/// An unresolved reference leaves a Route unserved without rejecting it: exit 0 by default (the
+/// folder may not hold the cluster's Services), exit 1 with `--strict`.
+#[test]
+fn strict_also_fails_on_unresolved_references() {
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("shop", "shop"));
+    m.write(
+        "route.yaml",
+        &route_yaml(
+            "shop",
+            "orders",
+            "shop",
+            "  match: {path: /orders}\n  integration: {serviceExport: {name: orders, namespace: orders-team}}\n",
+        ),
+    );
+    let dir = m.path().to_str().unwrap();
+    let (code, stdout, _) = tollgate(&["validate", dir]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("0 rejected, 1 errors"), "{stdout}");
+    let (code, stdout, _) = tollgate(&["validate", "--strict", dir]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains(
+            "Route/shop/orders: spec.integration.serviceExport: ServiceExport orders-team/orders not found"
+        ),
+        "{stdout}"
+    );
+    let (code, json, _) = tollgate(&["validate", "--strict", "--json", dir]);
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((doc["rejected"].as_u64(), doc["errors"].as_u64()), (Some(0), Some(1)), "{json}");
+}
+
 #[test]
 fn unreadable_yaml_exits_2_naming_the_file() {
     let m = Manifests::new();
@@ -61,6 +94,11 @@ fn unreadable_yaml_exits_2_naming_the_file() {
     let (code, _, stderr) = tollgate(&["validate", m.path().to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(stderr.contains("broken.yaml"), "{stderr}");
+    // With --json, stdout stays JSON for the pipeline that parses it.
+    let (code, json, _) = tollgate(&["validate", "--json", m.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(doc["loadError"].as_str().is_some_and(|e| e.contains("broken.yaml")), "{json}");
 }
 
 #[test]
