@@ -61,6 +61,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 anyhow::bail!("loading manifests from {}: {error}", dir.display());
             }
             tasks.spawn(Arc::clone(&folder).run(args.reload_interval));
+            // No analysis without status to record it in, but the fleet's per-track evidence is
+            // still gathered: this single replica sees every proxy.
+            let (evidence_sessions, evidence_metrics) = (Arc::clone(&sessions), Arc::clone(&metrics));
+            let mut evidence_stop = shutdown.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = tollgate_controller::stopped(&mut evidence_stop) => return,
+                    }
+                    evidence_metrics.canary_evidence.record(&evidence_sessions.take_stats());
+                }
+            });
             tracing::info!(dir = %dir.display(), "objects from a folder: no status writes, no leader election");
             (folder, Authenticator::new(token.as_deref(), None))
         }
@@ -156,6 +169,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 leader: leader_rx.clone(),
                 tick: Duration::from_millis(500),
                 peers: Some(tollgate_controller::canary::peers::Peers::new(client.clone(), canary_peers)),
+                metrics: Arc::clone(&metrics),
             };
             tasks.spawn(tollgate_controller::canary::leader::run(canary_loop, shutdown.clone()));
             let writer = StatusWriter::new(client, Some(recorder), Arc::clone(&metrics));

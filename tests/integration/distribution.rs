@@ -402,3 +402,61 @@ async fn propagation_latency_with_10_and_10000_routes() {
         );
     }
 }
+
+/// Canary evidence without an analysis: every proxy reports its per-track counts and the
+/// controller adds them up for the whole fleet (`/config` and its metrics).
+#[tokio::test]
+async fn canary_evidence_is_added_up_across_the_fleet() {
+    let m = Manifests::new();
+    m.write(
+        "api.yaml",
+        "apiVersion: tollgate.dev/v1alpha1\nkind: GatewayAPI\nmetadata: {name: shop, namespace: shop}\nspec:\n  \
+         stages:\n  - name: prod\n    canary: {weight: 50, routeSelector: {matchLabels: {release: v2}}}\n",
+    );
+    m.write("v1.yaml", &mock_route("orders-v1", "/orders", "v1"));
+    m.write(
+        "v2.yaml",
+        "apiVersion: tollgate.dev/v1alpha1\nkind: Route\nmetadata: {name: orders-v2, namespace: shop, labels: \
+         {release: v2}}\nspec:\n  apiRef: {name: shop}\n  match: {path: /orders}\n  integration: {mock: {status: 200, \
+         body: v2}}\n",
+    );
+    let creds = Credentials::new(TOKEN);
+    let controller = Controller::spawn(m.path(), &creds, addr());
+    let proxies = [
+        Proxy::spawn(controller.serve, &creds, &creds.path("token"), "a"),
+        Proxy::spawn(controller.serve, &creds, &creds.path("token"), "b"),
+    ];
+    let mut seen = std::collections::BTreeMap::new();
+    for p in &proxies {
+        eventually("proxy ready", || p.ready()).await;
+        for _ in 0..40 {
+            let (status, body) = p.get("/orders").await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            *seen.entry(body).or_insert(0u64) += 1;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both tracks served at weight 50: {seen:?}");
+    // Reports travel every second; the controller's totals reach all 80 requests.
+    let tracks = |config: &serde_json::Value, track: &str| {
+        config["canaryEvidence"]
+            .as_array()
+            .and_then(|all| all.iter().find(|t| t["track"] == track && t["stage"] == "prod"))
+            .and_then(|t| t["requests"].as_u64())
+            .unwrap_or(0)
+    };
+    eventually("the controller counts every request of both proxies", || async {
+        let config = controller.config().await;
+        tracks(&config, "stable") + tracks(&config, "canary") == 80
+    })
+    .await;
+    let config = controller.config().await;
+    assert_eq!(tracks(&config, "canary"), seen.get("v2").copied().unwrap_or(0), "{config}");
+    let metrics = controller.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "tollgate_controller_canary_requests_total{{api=\"shop/shop\",stage=\"prod\",track=\"canary\"}} {}",
+            seen.get("v2").copied().unwrap_or(0)
+        )),
+        "{metrics}"
+    );
+}

@@ -112,6 +112,7 @@ fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>>
                 "fleets": fleets,
                 "apiProgress": progress,
                 "proxies": proxies,
+                "canaryEvidence": state.metrics.canary_evidence.view(),
                 "objects": report.as_ref().map(|r| &r.compiled.reports),
             });
             text(StatusCode::OK, serde_json::to_string_pretty(&body).unwrap_or_default(), "application/json")

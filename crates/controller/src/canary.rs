@@ -15,6 +15,7 @@
 
 pub mod analyzer;
 pub mod clock;
+pub mod evidence;
 pub mod leader;
 pub mod machine;
 pub mod peers;

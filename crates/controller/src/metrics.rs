@@ -30,6 +30,8 @@ pub struct ControllerMetrics {
     pub status_writes: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    /// Per-track counts of canary stages across the fleet (metrics and `/config`).
+    pub canary_evidence: crate::canary::evidence::Evidence,
 }
 
 impl ControllerMetrics {
@@ -80,6 +82,7 @@ impl ControllerMetrics {
         registry.register(Box::new(propagation.clone()))?;
         registry.register(Box::new(status_writes.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        let canary_evidence = crate::canary::evidence::Evidence::new(&registry)?;
         Ok(Arc::new(ControllerMetrics {
             registry,
             reconciles,
@@ -89,6 +92,7 @@ impl ControllerMetrics {
             propagation,
             status_writes,
             leader,
+            canary_evidence,
         }))
     }
 

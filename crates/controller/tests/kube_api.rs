@@ -480,6 +480,7 @@ async fn canary_analysis_writes_its_steps_to_status_stages_with_an_event_per_ste
         leader: leader_rx,
         tick: Duration::from_millis(20),
         peers: None,
+        metrics: ControllerMetrics::new().unwrap(),
     };
     let task = tokio::spawn(leader::run(setup, shutdown));
     let mut handle = pin!(handle);

@@ -165,12 +165,12 @@ impl Runtime {
                 .stages
                 .iter()
                 .map(|stage| {
-                    // Canary stages with analysis count each track for it.
+                    // Canary stages count each track: the evidence the controller adds up across the
+                    // fleet, and what the analysis (when enabled) judges.
                     let stats = |track| {
                         stage
                             .canary
                             .as_ref()
-                            .filter(|c| c.analysis.is_some())
                             .map(|c| metrics.track_stats(&api.key, &stage.name, track, &c.revision))
                     };
                     let on = TrackOf { track: Track::Stable, stats: stats(Track::Stable) };

@@ -104,12 +104,14 @@ pub struct AnalysisLoop<C: Clock + Clone> {
     pub tick: Duration,
     /// Sharing counts with the other replicas (`None`: a single replica).
     pub peers: Option<Peers>,
+    /// Where the fleet-wide per-track evidence is recorded (while leading).
+    pub metrics: Arc<crate::metrics::ControllerMetrics>,
 }
 
 /// Runs the analysis every `tick` while this replica leads; until `shutdown` flips. With
 /// `peers`, publishes this replica's totals (every replica) and adds the other replicas' (leader).
 pub async fn run<C: Clock + Clone>(setup: AnalysisLoop<C>, mut shutdown: watch::Receiver<bool>) {
-    let AnalysisLoop { clock, writer, sessions, mut reports, leader, tick, mut peers } = setup;
+    let AnalysisLoop { clock, writer, sessions, mut reports, leader, tick, mut peers, metrics } = setup;
     let mut analyzer = Analyzer::new(clock.clone());
     let mut synced: Option<Arc<Report>> = None;
     // APIs whose status still has to be written (a failed write is retried on the next tick).
@@ -165,7 +167,10 @@ pub async fn run<C: Clock + Clone>(setup: AnalysisLoop<C>, mut shutdown: watch::
                 peers.forget();
             }
         }
-        if !leading {
+        if leading {
+            // The whole fleet's counts: this replica's proxies and what the others reported.
+            metrics.canary_evidence.record(&stats);
+        } else {
             // Another replica decides; start from status when this one leads again.
             analyzer = Analyzer::new(clock.clone());
             synced = None;
