@@ -262,6 +262,17 @@ fn lease_settings(identity: &str) -> LeaseSettings {
     }
 }
 
+/// The API server's answer for a Lease that does not exist.
+fn lease_not_found(send: mock::SendResponse<Response<Body>>, name: &str) {
+    let message = format!("leases.coordination.k8s.io \"{name}\" not found");
+    respond(
+        send,
+        404,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                "message": message}),
+    );
+}
+
 fn wall() -> Timestamp {
     "2025-06-02T10:00:00Z".parse().unwrap()
 }
@@ -277,12 +288,7 @@ async fn a_missing_lease_is_created_with_this_replica_as_holder() {
             parts.uri.path(),
             "/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases/tollgate-controller"
         );
-        respond(
-            send,
-            404,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-            "message": "leases.coordination.k8s.io \"tollgate-controller\" not found"}),
-        );
+        lease_not_found(send, "tollgate-controller");
         let (parts, body, send) = next(&mut handle).await;
         assert_eq!(parts.method, http::Method::POST);
         assert_eq!(parts.uri.path(), "/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases");
@@ -742,12 +748,7 @@ async fn a_stopping_replica_deletes_its_report() {
             parts.uri.path(),
             "/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases/tollgate-controller-proxies-controller-0-1a2b"
         );
-        respond(
-            send,
-            404,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-                    "message": "leases.coordination.k8s.io \"x\" not found"}),
-        );
+        lease_not_found(send, "tollgate-controller-proxies-controller-0-1a2b");
     });
     Reports::new(client, report_settings()).withdraw().await.unwrap();
     server.await.unwrap();
