@@ -174,8 +174,8 @@ impl Metrics {
         let labels = [api, stage, route, track.as_str()];
         RouteMetrics {
             labels: labels.map(Into::into),
-            request_duration: self.request_duration.with_label_values(&labels),
-            upstream_duration: self.upstream_duration.with_label_values(&labels),
+            request_duration: OnceLock::new(),
+            upstream_duration: OnceLock::new(),
             counters: Default::default(),
             metrics: Arc::clone(self),
             stats,
@@ -269,8 +269,10 @@ impl TrackStats {
 /// hot path never hashes label values.
 pub struct RouteMetrics {
     labels: [Box<str>; 4],
-    request_duration: Histogram,
-    upstream_duration: Histogram,
+    // Created on a route's first request, like the counters: an idle route costs no series (with
+    // 10,000 Routes, eager histograms were tens of megabytes and a huge scrape).
+    request_duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
     counters: [[OnceLock<IntCounter>; 5]; 10],
     metrics: Arc<Metrics>,
     stats: Option<Arc<TrackStats>>,
@@ -292,7 +294,9 @@ impl RouteMetrics {
             ])
         });
         counter.inc();
-        self.request_duration.observe(seconds);
+        self.request_duration
+            .get_or_init(|| self.metrics.request_duration.with_label_values(&self.label_refs()))
+            .observe(seconds);
         if let Some(stats) = &self.stats {
             stats.observe(status, seconds);
         }
@@ -300,7 +304,14 @@ impl RouteMetrics {
 
     /// Records the time the upstream took to answer.
     pub fn observe_upstream(&self, seconds: f64) {
-        self.upstream_duration.observe(seconds);
+        self.upstream_duration
+            .get_or_init(|| self.metrics.upstream_duration.with_label_values(&self.label_refs()))
+            .observe(seconds);
+    }
+
+    fn label_refs(&self) -> [&str; 4] {
+        let [api, stage, route, track] = &self.labels;
+        [api, stage, route, track]
     }
 
     /// Counts an upstream failure of the given kind (`connect`, `timeout`, ...).
