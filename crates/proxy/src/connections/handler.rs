@@ -1,6 +1,7 @@
 //! The @connections listener and its one handler.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,7 +124,7 @@ async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<
     };
     let Some(connection) = local else {
         return match id.owner() {
-            Some(owner) if !forwarded && Some(owner) != hub.owner() => {
+            Some(owner) if !forwarded && Some(owner) != hub.owner() && forwardable(owner, hub.owner()) => {
                 match forward(owner, parts, body).await {
                     Ok(response) => response.map(Full::new),
                     Err(e) => {
@@ -191,6 +192,21 @@ fn json_response(status: StatusCode, kind: Option<&'static str>, body: String) -
     response
 }
 
+/// Whether a call may be forwarded to `owner`, the address a connection id names. Ids come from
+/// callers, so the address is not trusted: only loopback and private addresses (where the other
+/// replicas of a fleet live) are ever contacted, and only by a replica that has a listener of its
+/// own — a signed caller cannot make the gateway call public addresses or the cloud metadata
+/// service. The path stays `/@connections/{id}` and the caller's own signature travels with it.
+fn forwardable(owner: SocketAddr, own: Option<SocketAddr>) -> bool {
+    own.is_some()
+        && match owner.ip() {
+            IpAddr::V4(ip) => {
+                ip.is_loopback() || ip.is_private() || (ip.octets()[0] == 100 && ip.octets()[1] & 0xC0 == 64)
+            }
+            IpAddr::V6(ip) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +220,18 @@ mod tests {
         assert!(parse_path("/@connections/").is_none());
         assert!(parse_path("/a/b/@connections/x").is_none());
         assert!(parse_path("/other").is_none());
+    }
+
+    #[test]
+    fn only_internal_addresses_are_forwarded_to() {
+        let addr = |a: &str| a.parse::<SocketAddr>().unwrap_or_else(|e| panic!("{a}: {e}"));
+        let own = addr("10.0.0.5:9902");
+        let ok = |a: &str| forwardable(addr(a), Some(own));
+        assert!(
+            ok("10.0.3.7:9902") && ok("127.0.0.1:9902") && ok("192.168.1.2:9902") && ok("[fd00::1]:9902")
+        );
+        assert!(ok("100.64.0.9:9902"), "carrier-grade NAT ranges hold pod IPs on some clusters");
+        assert!(!ok("93.184.216.34:9902") && !ok("169.254.169.254:9902") && !ok("[2001:db8::1]:9902"));
+        assert!(!forwardable(addr("10.0.3.7:9902"), None), "a replica without a listener forwards nothing");
     }
 }
