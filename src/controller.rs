@@ -14,7 +14,7 @@ use tollgate_controller::distribute::{Authenticator, DistributionServer, Session
 use tollgate_controller::leader::{Elector, LeaseSettings};
 use tollgate_controller::metrics::ControllerMetrics;
 use tollgate_controller::publish::Publisher;
-use tollgate_controller::reconcile::{Reconciler, run_status};
+use tollgate_controller::reconcile::{Reconciler, StatusLoop, run_status};
 use tollgate_controller::replicas::{ReportSettings, Reports, run_reports};
 use tollgate_controller::source::folder::FolderSource;
 use tollgate_controller::source::kube::{KubeSource, Namespaces};
@@ -173,16 +173,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             };
             tasks.spawn(tollgate_controller::canary::leader::run(canary_loop, shutdown.clone()));
             let writer = StatusWriter::new(client, Some(recorder), Arc::clone(&metrics));
-            tasks.spawn(run_status(
+            let status_loop = StatusLoop {
                 writer,
-                reports_rx.clone(),
-                Arc::clone(&publisher),
-                Arc::clone(&sessions),
-                peers_rx.clone(),
-                leader_rx.clone(),
-                Duration::from_millis(500),
-                shutdown.clone(),
-            ));
+                reports: reports_rx.clone(),
+                publisher: Arc::clone(&publisher),
+                sessions: Arc::clone(&sessions),
+                peers: peers_rx.clone(),
+                leader: leader_rx.clone(),
+                min_interval: Duration::from_millis(500),
+            };
+            tasks.spawn(run_status(status_loop, shutdown.clone()));
             (source, Authenticator::new(token.as_deref(), review))
         }
     };

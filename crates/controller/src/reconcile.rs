@@ -172,20 +172,30 @@ pub fn fleet_progress(
         .collect()
 }
 
+/// What the leader's status loop reads and writes.
+pub struct StatusLoop {
+    /// Writes status (and Events).
+    pub writer: StatusWriter,
+    /// The latest compile.
+    pub reports: watch::Receiver<Option<Arc<Report>>>,
+    /// What is published (the generation each API's proxies must serve).
+    pub publisher: Arc<Publisher>,
+    /// This replica's proxies.
+    pub sessions: Arc<Sessions>,
+    /// The other replicas' proxy reports ([`crate::replicas`]).
+    pub peers: watch::Receiver<Vec<ReplicaReport>>,
+    /// Whether this replica leads.
+    pub leader: watch::Receiver<bool>,
+    /// At most one pass per this interval.
+    pub min_interval: Duration,
+}
+
 /// The leader's status loop: after every compile and whenever proxies connect or apply (here or,
 /// through `peers`, on another replica), bring status up to date; at most one pass per
-/// `min_interval`.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_status(
-    mut writer: StatusWriter,
-    mut reports: watch::Receiver<Option<Arc<Report>>>,
-    publisher: Arc<Publisher>,
-    sessions: Arc<Sessions>,
-    mut peers: watch::Receiver<Vec<ReplicaReport>>,
-    mut leader: watch::Receiver<bool>,
-    min_interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// `min_interval`. Runs until `shutdown` flips.
+pub async fn run_status(setup: StatusLoop, mut shutdown: watch::Receiver<bool>) {
+    let StatusLoop { mut writer, mut reports, publisher, sessions, mut peers, mut leader, min_interval } =
+        setup;
     let mut proxies = sessions.watch();
     loop {
         tokio::select! {
