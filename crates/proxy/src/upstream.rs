@@ -213,7 +213,8 @@ impl UpstreamClient {
                 }
                 Ok(Err(error)) => {
                     // A client body over the limit is the client's failure, not the endpoint's.
-                    if !body_too_large(&error) {
+                    let too_large = body_too_large(&error);
+                    if !too_large {
                         backend.record(endpoint, &endpoints, true);
                     }
                     if error.is_connect() {
@@ -226,7 +227,7 @@ impl UpstreamClient {
                     } else {
                         policy.metrics.upstream_error("protocol");
                     }
-                    if body_too_large(&error) {
+                    if too_large {
                         return Err(ProxyError::PayloadTooLarge { limit: policy.max_body });
                     }
                     tracing::debug!(backend = %backend.name, error = %ErrorChain(&error), "upstream request failed");
