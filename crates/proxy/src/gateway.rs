@@ -42,21 +42,6 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS client certificate's verified identity (mTLS), if one was presented.
     pub peer: Option<Arc<crate::auth::mtls::PeerIdentity>>,
-    /// The client address as a header value, formatted once per connection (`X-Forwarded-For`).
-    pub remote_header: HeaderValue,
-}
-
-impl ConnInfo {
-    /// A connection from `remote`.
-    pub fn new(
-        remote: SocketAddr,
-        tls: bool,
-        peer: Option<Arc<crate::auth::mtls::PeerIdentity>>,
-    ) -> ConnInfo {
-        let remote_header = HeaderValue::try_from(remote.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ConnInfo { remote, tls, peer, remote_header }
-    }
 }
 
 /// The data plane's shared state: the current Runtime and what outlives it.
@@ -348,7 +333,7 @@ impl Gateway {
             .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         headers::remove_hop_by_hop(&mut parts.headers);
         let client = headers::ClientContext {
-            client_ip: &conn.remote_header,
+            client_ip: conn.remote.ip(),
             proto: if conn.tls { "https" } else { "http" },
             host: client_host.as_ref(),
         };

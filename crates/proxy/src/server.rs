@@ -79,7 +79,7 @@ pub async fn serve(
         let span = tracing::debug_span!("connection", %remote);
         match &tls {
             None => {
-                let info = ConnInfo::new(remote, false, None);
+                let info = ConnInfo { remote, tls: false, peer: None };
                 let gateway = Arc::clone(&gateway);
                 let service = service_fn(move |request| {
                     let (gateway, info) = (Arc::clone(&gateway), info.clone());
@@ -102,7 +102,7 @@ pub async fn serve(
                     let peer_cell = Arc::clone(&peer_cell);
                     service_fn(move |request| {
                         let gateway = Arc::clone(&gateway);
-                        let info = ConnInfo::new(remote, true, peer_cell.get().cloned());
+                        let info = ConnInfo { remote, tls: true, peer: peer_cell.get().cloned() };
                         async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
                     })
                 };

@@ -127,7 +127,7 @@ impl UpstreamClient {
         caller: Caller<'_>,
     ) -> Result<Exchange, ProxyError> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::from_std(started) + policy.timeout;
+        let deadline = tokio::time::Instant::now() + policy.timeout;
         let timeout_ms = u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX);
         let retries = &policy.retries;
         parts.uri = Uri::try_from(path_and_query).map_err(|_| ProxyError::Internal)?;

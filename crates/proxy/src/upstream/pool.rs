@@ -10,6 +10,7 @@
 //! could not be written on a pooled connection (the server closed it just as we picked it) is
 //! retried once on a fresh connection: it never reached the upstream.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -22,7 +23,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use rustc_hash::FxHashMap;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -103,9 +103,7 @@ pub struct Pool {
 }
 
 struct Inner {
-    /// Keyed by endpoints from the configuration, never by client input: a fast non-DoS-resistant
-    /// hash is fine (checkout and give-back hash the key on every request).
-    idle: Mutex<FxHashMap<Key, Vec<Idle>>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
     settings: PoolSettings,
     tls: tokio_rustls::TlsConnector,
 }
@@ -114,7 +112,7 @@ impl Pool {
     /// An empty pool.
     pub fn new(settings: PoolSettings) -> Pool {
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&settings.tls));
-        Pool { inner: Arc::new(Inner { idle: Mutex::new(FxHashMap::default()), settings, tls }) }
+        Pool { inner: Arc::new(Inner { idle: Mutex::new(HashMap::new()), settings, tls }) }
     }
 
     /// Sends `request` to `scheme://authority` (`server_name` for TLS verification) and returns the

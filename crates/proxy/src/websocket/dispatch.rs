@@ -111,9 +111,7 @@ pub async fn invoke(client: &UpstreamClient, call: Invocation<'_>) -> Result<Ans
         }
     }
     headers.insert(X_REQUEST_ID.clone(), call.request_id.clone());
-    let client_ip = HeaderValue::try_from(call.client_ip.to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-    let forwarded = headers::ClientContext { client_ip: &client_ip, proto: "http", host: None };
+    let forwarded = headers::ClientContext { client_ip: call.client_ip, proto: "http", host: None };
     headers::set_forwarded(&mut headers, &forwarded);
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
