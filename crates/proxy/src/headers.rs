@@ -180,6 +180,12 @@ mod tests {
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
         assert!(out.ends_with("-01"));
         assert_ne!(out, incoming);
+        assert!(parse_traceparent(&out).is_some(), "{out}");
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let mut h = map(&[("traceparent", unsampled), ("tracestate", "vendor=1")]);
+        propagate_traceparent(&mut h);
+        assert!(h["traceparent"].to_str().unwrap_or_default().ends_with("-00"), "flags kept");
+        assert_eq!(h["tracestate"], "vendor=1", "tracestate travels with a continued trace");
         let mut fresh = map(&[("traceparent", "garbage")]);
         propagate_traceparent(&mut fresh);
         let parsed = fresh["traceparent"].to_str().ok().and_then(parse_traceparent);
