@@ -29,8 +29,17 @@ pub fn run(dir: &Path, json: bool, strict: bool) -> ExitCode {
         .filter(|d| matches!(d.severity, Severity::Error))
         .count();
     let failed = rejected > 0 || (strict && errors > 0);
+    // Files are named relative to DIR everywhere, as in the diagnostics.
+    let prefix = format!("{}/", dir.display().to_string().trim_end_matches('/'));
+    let skipped: Vec<&str> =
+        loaded.skipped.iter().map(|s| s.strip_prefix(prefix.as_str()).unwrap_or(s)).collect();
     if json {
-        let doc = serde_json::json!({ "rejected": rejected, "errors": errors, "objects": compiled.reports });
+        let doc = serde_json::json!({
+            "rejected": rejected,
+            "errors": errors,
+            "objects": compiled.reports,
+            "skipped": skipped,
+        });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         let mut warnings = 0;
@@ -54,7 +63,7 @@ pub fn run(dir: &Path, json: bool, strict: bool) -> ExitCode {
                 );
             }
         }
-        for skipped in &loaded.skipped {
+        for skipped in &skipped {
             println!("{skipped}: skipped (not a kind Tollgate uses)");
         }
         println!(

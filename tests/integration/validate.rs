@@ -37,9 +37,11 @@ fn broken_manifests_are_named_with_file_object_and_field() {
         ]
         .join("---\n"),
     );
+    m.write("deploy.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n");
     let (code, stdout, _) = tollgate(&["validate", m.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
     for expected in [
+        "\ndeploy.yaml: apps/v1/Deployment: skipped (not a kind Tollgate uses)",
         "routes.yaml: Route/shop/two-integrations: spec.integration: set exactly one of service, serviceExport, url or mock",
         "routes.yaml: Route/shop/bad-path: spec.match.path: ",
         "routes.yaml: Route/shop/dangling: spec.apiRef: GatewayAPI shop/nope not found",
@@ -52,6 +54,7 @@ fn broken_manifests_are_named_with_file_object_and_field() {
     assert_eq!(code, 1);
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(doc["rejected"], 3, "dangling is not rejected, only unresolved: {json}");
+    assert_eq!(doc["skipped"], serde_json::json!(["deploy.yaml: apps/v1/Deployment"]), "{json}");
 }
 
 /// An unresolved reference leaves a Route unserved without rejecting it: exit 0 by default (the
