@@ -22,7 +22,7 @@ use tollgate_controller::source::{Changes, Source};
 use tollgate_controller::status::StatusWriter;
 
 use crate::ControllerArgs;
-use crate::standalone::{bind, wait_for_signal};
+use crate::serve::{bind, wait_for_signal};
 
 /// Runs until SIGTERM / SIGINT.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {

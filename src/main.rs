@@ -5,6 +5,7 @@
 mod controller;
 mod echo;
 mod proxy_cmd;
+mod serve;
 mod standalone;
 mod validate;
 

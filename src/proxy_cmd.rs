@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tollgate_proxy::subscribe::{SubscribeSettings, Subscriber};
 
 use crate::ProxyArgs;
-use crate::standalone::{build_gateway, drain_on_signal, spawn_listeners};
+use crate::serve::{build_gateway, drain_on_signal, spawn_listeners};
 
 /// Runs until SIGTERM / SIGINT, then drains.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
