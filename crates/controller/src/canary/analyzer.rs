@@ -170,7 +170,7 @@ impl<C: Clock> Analyzer<C> {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use tollgate_ir::canary::{CanaryTrack, TrackCounts};
+    use tollgate_ir::canary::CanaryTrack;
     use tollgate_ir::{Millis, Redacted};
 
     use super::super::clock::ManualClock;
@@ -223,17 +223,7 @@ mod tests {
     }
 
     fn report(track: Track, requests: u64, errors: u64, revision: &str) -> TrackReport {
-        let mut counts = TrackCounts::default();
-        for i in 0..requests {
-            counts.observe(if i < errors { 500 } else { 200 }, 3.0);
-        }
-        TrackReport {
-            api: ObjectKey::new("shop", "shop"),
-            stage: "prod".into(),
-            track,
-            revision: revision.into(),
-            counts,
-        }
+        crate::canary::test_report(track, requests, errors, revision)
     }
 
     #[test]

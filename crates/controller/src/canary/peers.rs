@@ -189,17 +189,7 @@ mod tests {
     use super::*;
 
     fn report(requests: u64, errors: u64, revision: &str) -> TrackReport {
-        let mut counts = TrackCounts::default();
-        for i in 0..requests {
-            counts.observe(if i < errors { 500 } else { 200 }, 3.0);
-        }
-        TrackReport {
-            api: ObjectKey::new("shop", "shop"),
-            stage: "prod".into(),
-            track: Track::Canary,
-            revision: revision.into(),
-            counts,
-        }
+        crate::canary::test_report(Track::Canary, requests, errors, revision)
     }
 
     #[test]
