@@ -387,7 +387,8 @@ pub async fn authorize(
     let result = match &runtime.mechanism {
         Mechanism::Jwt(verifier) => {
             let header = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-            verifier.verify(header, scopes).await
+            // Boxed: key fetching makes this future large, and public routes should not carry it.
+            Box::pin(verifier.verify(header, scopes)).await
         }
         Mechanism::External(service) => {
             let source_ip = match &api.policy {

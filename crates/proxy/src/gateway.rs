@@ -38,10 +38,16 @@ use crate::upstream::UpstreamClient;
 pub struct ConnInfo {
     /// The client's address.
     pub remote: SocketAddr,
+    /// The client's IP address as a header value, made once per connection (`X-Forwarded-For`).
+    pub remote_ip_value: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
     /// The TLS client certificate's verified identity (mTLS), if one was presented.
     pub peer: Option<Arc<crate::auth::mtls::PeerIdentity>>,
+    /// The upstream connection this client connection used last (see [`Affinity`]).
+    ///
+    /// [`Affinity`]: crate::upstream::Affinity
+    pub affinity: crate::upstream::Affinity,
 }
 
 /// The data plane's shared state: the current Runtime and what outlives it.
@@ -304,7 +310,10 @@ impl Gateway {
                 path: &path,
                 record: record.as_deref_mut(),
             };
-            return (crate::websocket::session::connect(connect).await, metrics, log);
+            // Boxed, like the passthrough below: a future's size is that of its largest await, and
+            // these rare ones would otherwise make every request's future ~20 KB, copied whole
+            // each time hyper takes the future from the service.
+            return (Box::pin(crate::websocket::session::connect(connect)).await, metrics, log);
         }
         let (backend, rewrite, prefix) = match &policy.integration {
             IntegrationRuntime::Mock(mock) => {
@@ -333,7 +342,7 @@ impl Gateway {
             .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         headers::remove_hop_by_hop(&mut parts.headers);
         let client = headers::ClientContext {
-            client_ip: conn.remote.ip(),
+            client_ip: &conn.remote_ip_value,
             proto: if conn.tls { "https" } else { "http" },
             host: client_host.as_ref(),
         };
@@ -348,8 +357,9 @@ impl Gateway {
             let caller = crate::upstream::Caller {
                 client_ip: conn.remote.ip(),
                 principal: context.principal.as_deref(),
+                affinity: None,
             };
-            let forward = crate::websocket::passthrough::forward(
+            let forward = Box::pin(crate::websocket::passthrough::forward(
                 self,
                 policy,
                 backend,
@@ -357,7 +367,7 @@ impl Gateway {
                 parts,
                 &upstream_path,
                 caller,
-            );
+            ));
             return match forward.await {
                 Ok(response) => (response, metrics, log),
                 Err(error) => (fail(error, id, record), metrics, log),
@@ -368,8 +378,11 @@ impl Gateway {
             Ok(body) => body,
             Err(error) => return (fail(error, id, record), metrics, log),
         };
-        let caller =
-            crate::upstream::Caller { client_ip: conn.remote.ip(), principal: context.principal.as_deref() };
+        let caller = crate::upstream::Caller {
+            client_ip: conn.remote.ip(),
+            principal: context.principal.as_deref(),
+            affinity: Some(&conn.affinity),
+        };
         match self.client.send(policy, backend, parts, &upstream_path, body, caller).await {
             Ok(exchange) => {
                 metrics.observe_upstream(exchange.elapsed.as_secs_f64());

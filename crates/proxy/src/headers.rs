@@ -27,6 +27,11 @@ const HOP_BY_HOP: [&HeaderName; 8] = [
 /// Removes hop-by-hop headers, including every header the `Connection` header names, and
 /// `Upgrade` (WebSocket passthrough handles upgrades itself).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the few names present is cheaper than ten
+    // hash lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -43,10 +48,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name) || name == header::UPGRADE
+}
+
 /// What the proxy knows about the client side of a request.
 pub struct ClientContext<'a> {
-    /// The client's address.
-    pub client_ip: std::net::IpAddr,
+    /// The client's address, as a header value (see [`client_ip_value`]).
+    pub client_ip: &'a HeaderValue,
     /// `http` or `https`: how the client reached the gateway.
     pub proto: &'static str,
     /// The Host the client asked for.
@@ -56,12 +65,19 @@ pub struct ClientContext<'a> {
 /// Adds `X-Forwarded-For` (appending the client address), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientContext<'_>) {
-    let ip = client.client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
+    let prior = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).map(str::trim);
+    let xff = match prior {
+        Some(prior) if !prior.is_empty() => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + client.client_ip.len());
+            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        // The common case shares the connection's value: no formatting, no allocation.
+        _ => Some(client.client_ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    if let Some(value) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(client.proto));
@@ -69,6 +85,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientContext<'_>) {
         Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host.clone()),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// An address as a header value (`X-Forwarded-For`), made once per client connection.
+pub fn client_ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The client's `x-request-id` when it is a sane token (1–128 characters of `[A-Za-z0-9._:-]`),
@@ -91,16 +112,37 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// Continues the client's W3C trace (same trace id and flags, a new parent id for the hop the
 /// gateway adds) or starts a new sampled one when the client sent none or an invalid one.
 pub fn propagate_traceparent(headers: &mut HeaderMap) {
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let next = match headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
-        Some((trace_id, flags)) => format!("00-{trace_id}-{span}-{flags}"),
+    // `00-` trace id (32) `-` parent id (16) `-` flags (2): built on the stack.
+    let mut next = [0u8; 55];
+    next[..3].copy_from_slice(b"00-");
+    next[35] = b'-';
+    next[52] = b'-';
+    // The hop's parent id; all zeros is invalid (a 2^-64 chance, but hostile-input rules apply
+    // to our own output too).
+    let parent = rand::random::<u64>().max(1);
+    write_hex(&mut next[36..52], u128::from(parent), 16);
+    match headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
+        Some((trace_id, flags)) => {
+            next[3..35].copy_from_slice(trace_id.as_bytes());
+            next[53..55].copy_from_slice(flags.as_bytes());
+        }
         None => {
             headers.remove(header::HeaderName::from_static("tracestate"));
-            format!("00-{}-{span}-01", uuid::Uuid::new_v4().simple())
+            write_hex(&mut next[3..35], rand::random::<u128>().max(1), 32);
+            next[53..55].copy_from_slice(b"01");
         }
-    };
-    if let Ok(value) = HeaderValue::from_str(&next) {
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&next) {
         headers.insert(TRACEPARENT.clone(), value);
+    }
+}
+
+/// Writes the low `digits` hex digits of `value`, lower case, into `out`.
+fn write_hex(out: &mut [u8], value: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out.iter_mut().take(digits).enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *byte = HEX[((value >> shift) & 0xf) as usize];
     }
 }
 
@@ -155,9 +197,17 @@ mod tests {
     fn forwarded_for_appends_client_ip() {
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
         let host = HeaderValue::from_static("api.example");
-        let client = ClientContext { client_ip: [127, 0, 0, 1].into(), proto: "https", host: Some(&host) };
+        let ip = client_ip_value([127, 0, 0, 1].into());
+        let client = ClientContext { client_ip: &ip, proto: "https", host: Some(&host) };
         set_forwarded(&mut h, &client);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        let mut first = HeaderMap::new();
+        set_forwarded(&mut first, &ClientContext { client_ip: &ip, proto: "http", host: None });
+        assert_eq!(first["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(first["x-forwarded-proto"], "http");
+        assert!(!first.contains_key("x-forwarded-host"));
+        let v6 = client_ip_value("2001:db8::1".parse().unwrap_or([0, 0, 0, 0].into()));
+        assert_eq!(v6, "2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example");
     }

@@ -79,7 +79,13 @@ pub async fn serve(
         let span = tracing::debug_span!("connection", %remote);
         match &tls {
             None => {
-                let info = ConnInfo { remote, tls: false, peer: None };
+                let info = ConnInfo {
+                    remote,
+                    remote_ip_value: crate::headers::client_ip_value(remote.ip()),
+                    tls: false,
+                    peer: None,
+                    affinity: Default::default(),
+                };
                 let gateway = Arc::clone(&gateway);
                 let service = service_fn(move |request| {
                     let (gateway, info) = (Arc::clone(&gateway), info.clone());
@@ -100,9 +106,17 @@ pub async fn serve(
                 let service = {
                     let gateway = Arc::clone(&gateway);
                     let peer_cell = Arc::clone(&peer_cell);
+                    let affinity = crate::upstream::Affinity::default();
+                    let remote_ip_value = crate::headers::client_ip_value(remote.ip());
                     service_fn(move |request| {
                         let gateway = Arc::clone(&gateway);
-                        let info = ConnInfo { remote, tls: true, peer: peer_cell.get().cloned() };
+                        let info = ConnInfo {
+                            remote,
+                            remote_ip_value: remote_ip_value.clone(),
+                            tls: true,
+                            peer: peer_cell.get().cloned(),
+                            affinity: affinity.clone(),
+                        };
                         async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
                     })
                 };

@@ -24,7 +24,7 @@ mod resolve;
 pub use backend::{
     BackendBuilder, BackendRegistry, BackendRuntime, Caller, InFlight, TlsProfile, TlsSetup, UpstreamMetrics,
 };
-pub use pool::{Pool, PoolError, PoolSettings, PooledBody};
+pub use pool::{Affinity, Pool, PoolError, PoolSettings, PooledBody};
 pub use resolve::ResolveError;
 
 /// Settings of the upstream client.
@@ -182,15 +182,21 @@ impl UpstreamClient {
             let Some(this_parts) = this_parts else { return Err(ProxyError::Internal) };
             let request = Request::from_parts(this_parts, this_body);
             let in_flight = backend.start(endpoint);
-            let send = self.pool.send_with(
-                &backend.scheme,
-                &endpoint.authority,
-                backend.server_name.as_deref(),
-                tls,
-                request,
-            );
             let can_retry = can_retry && body.is_some();
-            match tokio::time::timeout_at(deadline, send).await {
+            // Built inside `timeout_at`'s argument: a future bound to a local first keeps a
+            // second slot of its size in this function's state.
+            let sent = tokio::time::timeout_at(
+                deadline,
+                self.pool.send_with(
+                    &backend.scheme,
+                    &endpoint.authority,
+                    backend.server_name.as_deref(),
+                    tls,
+                    caller.affinity,
+                    request,
+                ),
+            );
+            match sent.await {
                 Err(_elapsed) => {
                     backend.record(endpoint, &endpoints, true);
                     policy.metrics.upstream_error("timeout");

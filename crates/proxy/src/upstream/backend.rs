@@ -274,6 +274,8 @@ pub struct Caller<'a> {
     pub client_ip: IpAddr,
     /// The principal the authorizer set, if any.
     pub principal: Option<&'a str>,
+    /// The client connection's upstream connection affinity, if it has one.
+    pub affinity: Option<&'a super::Affinity>,
 }
 
 /// An upstream with its endpoints, balancing policy and outlier detection.
@@ -461,7 +463,7 @@ mod tests {
             &["10.0.0.1:80"],
             LoadBalancing::ConsistentHash { hash_on: HashOn::Cookie("session".into()) },
         ));
-        let caller = Caller { client_ip: "10.1.1.1".parse().unwrap(), principal: None };
+        let caller = Caller { client_ip: "10.1.1.1".parse().unwrap(), principal: None, affinity: None };
         let mut headers = HeaderMap::new();
         assert_eq!(b.hash_key(&headers, None, caller), None);
         headers.insert(header::COOKIE, HeaderValue::from_static("a=1; session=abc"));

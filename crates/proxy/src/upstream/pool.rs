@@ -124,17 +124,19 @@ impl Pool {
         server_name: Option<&str>,
         request: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        self.send_with(scheme, authority, server_name, None, request).await
+        self.send_with(scheme, authority, server_name, None, None, request).await
     }
 
-    /// [`Pool::send`] with a backend's own TLS configuration (`None`: the pool's). Connections
-    /// are pooled per configuration and server name.
+    /// [`Pool::send`] with a backend's own TLS configuration (`None`: the pool's) and the client
+    /// connection's [`Affinity`], if any. Connections are pooled per configuration and server
+    /// name.
     pub async fn send_with(
         &self,
         scheme: &Scheme,
         authority: &Authority,
         server_name: Option<&str>,
         tls: Option<&super::backend::TlsProfile>,
+        affinity: Option<&Affinity>,
         request: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let key = Key {
@@ -144,9 +146,9 @@ impl Pool {
             server_name: server_name.map(str::to_string),
         };
         let mut request = request;
-        if let Some(mut sender) = self.checkout(&key).await {
+        if let Some(mut sender) = self.checkout(&key, affinity).await {
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.wrap(key, sender, response)),
+                Ok(response) => return Ok(self.wrap(key, sender, response, affinity)),
                 Err(mut error) => match error.take_message() {
                     // Not written: the pooled connection was closing. Use a fresh one.
                     Some(unsent) => request = unsent,
@@ -159,12 +161,14 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(&key, server_name, tls).await?;
+        // Boxed: the TCP + TLS + handshake future is large and rarely needed; unboxed it would
+        // grow every request's future by its size.
+        let mut sender = Box::pin(self.connect(&key, server_name, tls)).await?;
         let response = sender
             .send_request(request)
             .await
             .map_err(|source| PoolError::Http { endpoint: authority.to_string(), source })?;
-        Ok(self.wrap(key, sender, response))
+        Ok(self.wrap(key, sender, response, affinity))
     }
 
     fn wrap(
@@ -172,16 +176,29 @@ impl Pool {
         key: Key,
         sender: http1::SendRequest<ProxyBody>,
         response: Response<Incoming>,
+        affinity: Option<&Affinity>,
     ) -> Response<PooledBody> {
+        let pool = Arc::clone(&self.inner);
+        let affinity = affinity.cloned();
         response.map(|body| PooledBody {
             inner: body,
             ended: false,
-            give_back: Some(GiveBack { pool: Arc::clone(&self.inner), key, sender }),
+            give_back: Some(GiveBack { pool, key, sender, affinity }),
             in_flight: None,
         })
     }
 
-    async fn checkout(&self, key: &Key) -> Option<http1::SendRequest<ProxyBody>> {
+    async fn checkout(
+        &self,
+        key: &Key,
+        affinity: Option<&Affinity>,
+    ) -> Option<http1::SendRequest<ProxyBody>> {
+        if let Some(mut sender) = affinity.and_then(|affinity| affinity.take(key)) {
+            // Its exchange ended a round trip ago, so it is ready unless it is closing.
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
         let idle_timeout = self.inner.settings.idle_timeout;
         loop {
             let candidate = {
@@ -257,10 +274,68 @@ where
     Ok(sender)
 }
 
+/// The upstream connection a client connection used last, kept for that client connection's
+/// next request instead of going back to the shared pool (HAProxy's `http-reuse safe` does the
+/// same). A keep-alive client then talks through one upstream connection: no pool lock, no
+/// lookup, and a connection that finished its exchange a round trip ago. Whatever it holds goes
+/// back to the pool when the client connection ends. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Affinity {
+    slot: Arc<AffinitySlot>,
+}
+
+#[derive(Default)]
+struct AffinitySlot(Mutex<Option<Held>>);
+
+impl std::fmt::Debug for Affinity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.slot.0.lock().map(|slot| slot.is_some()).unwrap_or(false);
+        f.debug_struct("Affinity").field("holds_connection", &held).finish()
+    }
+}
+
+struct Held {
+    pool: Arc<Inner>,
+    key: Key,
+    sender: http1::SendRequest<ProxyBody>,
+}
+
+impl Affinity {
+    /// The held connection, if it goes to `key` and is still open.
+    fn take(&self, key: &Key) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut slot = self.slot.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*slot {
+            Some(held) if held.key == *key && !held.sender.is_closed() => slot.take().map(|held| held.sender),
+            _ => None,
+        }
+    }
+
+    /// Keeps `held` unless a connection is held already; otherwise hands it back.
+    fn keep(&self, held: Held) -> Option<Held> {
+        let mut slot = self.slot.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_some() {
+            return Some(held);
+        }
+        *slot = Some(held);
+        None
+    }
+}
+
+impl Drop for AffinitySlot {
+    fn drop(&mut self) {
+        let slot = self.0.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(Held { pool, key, sender }) = slot.take() {
+            GiveBack { pool, key, sender, affinity: None }.give_back();
+        }
+    }
+}
+
 struct GiveBack {
     pool: Arc<Inner>,
     key: Key,
     sender: http1::SendRequest<ProxyBody>,
+    /// The client connection's slot, tried before the shared pool.
+    affinity: Option<Affinity>,
 }
 
 impl GiveBack {
@@ -268,10 +343,18 @@ impl GiveBack {
         if self.sender.is_closed() {
             return;
         }
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let list = idle.entry(self.key).or_default();
+        let GiveBack { pool, key, sender, affinity } = self;
+        let Held { pool, key, sender } = match affinity {
+            Some(affinity) => match affinity.keep(Held { pool, key, sender }) {
+                None => return,
+                Some(held) => held,
+            },
+            None => Held { pool, key, sender },
+        };
+        let mut idle = pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle { sender: self.sender, since: Instant::now() });
+            list.push(Idle { sender, since: Instant::now() });
         }
     }
 }
@@ -333,5 +416,148 @@ impl Drop for PooledBody {
         if !self.ended && self.inner.is_end_stream() {
             self.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An HTTP/1.1 upstream that answers every request with the number of the connection it
+    /// came on (0, 1, ...), closing the connection after each answer when `close` is set.
+    /// Returns its authority and the count of accepted connections.
+    async fn numbered_upstream(close: bool) -> (Authority, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let authority =
+            Authority::try_from(listener.local_addr().expect("addr").to_string()).expect("authority");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let number = counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buffer.drain(..end + 4);
+                            let body = number.to_string();
+                            let connection = if close { "close" } else { "keep-alive" };
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\nconnection: {connection}\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if stream.write_all(answer.as_bytes()).await.is_err() || close {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (authority, accepted)
+    }
+
+    fn pool() -> Pool {
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Pool::new(PoolSettings {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+            tls: Arc::new(tls),
+        })
+    }
+
+    fn get() -> Request<ProxyBody> {
+        let mut request = Request::new(crate::body::empty());
+        *request.uri_mut() = http::Uri::from_static("/");
+        request
+    }
+
+    async fn send(pool: &Pool, authority: &Authority, affinity: Option<&Affinity>) -> Response<PooledBody> {
+        let sending = pool.send_with(&Scheme::HTTP, authority, None, None, affinity, get());
+        tokio::time::timeout(Duration::from_secs(5), sending).await.expect("in time").expect("answered")
+    }
+
+    /// Reads the body to its end (which hands the connection back) and returns it.
+    async fn connection_of(response: Response<PooledBody>) -> String {
+        let collected = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect()).await;
+        String::from_utf8_lossy(&collected.expect("in time").expect("body").to_bytes()).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_connection_keeps_the_upstream_connection_it_used() {
+        let (authority, accepted) = numbered_upstream(false).await;
+        let pool = pool();
+        let (a, b) = (Affinity::default(), Affinity::default());
+        assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "0");
+        // Held by `a`, so `b` cannot take it from the pool: it gets its own.
+        assert_eq!(connection_of(send(&pool, &authority, Some(&b)).await).await, "1");
+        for _ in 0..3 {
+            assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "0");
+            assert_eq!(connection_of(send(&pool, &authority, Some(&b)).await).await, "1");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_held_connection_returns_to_the_pool_when_the_client_connection_ends() {
+        let (authority, accepted) = numbered_upstream(false).await;
+        let pool = pool();
+        let client = Affinity::default();
+        assert_eq!(connection_of(send(&pool, &authority, Some(&client)).await).await, "0");
+        drop(client);
+        assert_eq!(connection_of(send(&pool, &authority, None).await).await, "0", "reused from the pool");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn one_connection_is_held_and_the_others_go_back_to_the_pool() {
+        let (authority, accepted) = numbered_upstream(false).await;
+        let pool = pool();
+        let client = Affinity::default();
+        // Two exchanges at once on one client connection (as HTTP/2 streams are).
+        let first = send(&pool, &authority, Some(&client)).await;
+        let second = send(&pool, &authority, Some(&client)).await;
+        assert_eq!(connection_of(first).await, "0");
+        assert_eq!(connection_of(second).await, "1");
+        assert_eq!(connection_of(send(&pool, &authority, None).await).await, "1", "the pool has the other");
+        assert_eq!(connection_of(send(&pool, &authority, Some(&client)).await).await, "0", "held");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_held_connection_serves_only_its_own_endpoint() {
+        let (first, first_accepted) = numbered_upstream(false).await;
+        let (second, second_accepted) = numbered_upstream(false).await;
+        let pool = pool();
+        let client = Affinity::default();
+        assert_eq!(connection_of(send(&pool, &first, Some(&client)).await).await, "0");
+        assert_eq!(connection_of(send(&pool, &second, Some(&client)).await).await, "0");
+        assert_eq!(connection_of(send(&pool, &first, Some(&client)).await).await, "0");
+        assert_eq!(connection_of(send(&pool, &second, Some(&client)).await).await, "0");
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(second_accepted.load(Ordering::SeqCst), 1, "reused through the pool");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_held() {
+        let (authority, accepted) = numbered_upstream(true).await;
+        let pool = pool();
+        let client = Affinity::default();
+        for expected in ["0", "1", "2"] {
+            assert_eq!(connection_of(send(&pool, &authority, Some(&client)).await).await, expected);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }

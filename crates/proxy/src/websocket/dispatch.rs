@@ -111,14 +111,16 @@ pub async fn invoke(client: &UpstreamClient, call: Invocation<'_>) -> Result<Ans
         }
     }
     headers.insert(X_REQUEST_ID.clone(), call.request_id.clone());
-    let forwarded = headers::ClientContext { client_ip: call.client_ip, proto: "http", host: None };
+    let client_ip = headers::client_ip_value(call.client_ip);
+    let forwarded = headers::ClientContext { client_ip: &client_ip, proto: "http", host: None };
     headers::set_forwarded(&mut headers, &forwarded);
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.headers_mut() = headers;
     let (parts, ()) = request.into_parts();
     let body = RequestBody::Buffered(call.body);
-    let caller = crate::upstream::Caller { client_ip: call.client_ip, principal: call.principal };
+    let caller =
+        crate::upstream::Caller { client_ip: call.client_ip, principal: call.principal, affinity: None };
     let exchange = client.send(policy, backend, parts, &path, body, caller).await?;
     let (head, body) = exchange.response.into_parts();
     let limit = usize::try_from(call.max_response).unwrap_or(usize::MAX);
