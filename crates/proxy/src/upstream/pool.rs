@@ -301,11 +301,16 @@ struct Held {
 }
 
 impl Affinity {
-    /// The held connection, if it goes to `key` and is still open.
+    /// The held connection, if it goes to `key`. One the upstream has closed is let go, so the
+    /// slot can hold the next one.
     fn take(&self, key: &Key) -> Option<http1::SendRequest<ProxyBody>> {
         let mut slot = self.slot.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &*slot {
-            Some(held) if held.key == *key && !held.sender.is_closed() => slot.take().map(|held| held.sender),
+            Some(held) if held.sender.is_closed() => {
+                *slot = None;
+                None
+            }
+            Some(held) if held.key == *key => slot.take().map(|held| held.sender),
             _ => None,
         }
     }
@@ -432,6 +437,14 @@ mod tests {
     /// came on (0, 1, ...), closing the connection after each answer when `close` is set.
     /// Returns its authority and the count of accepted connections.
     async fn numbered_upstream(close: bool) -> (Authority, Arc<AtomicUsize>) {
+        let (authority, accepted, _) = closable_upstream(close).await;
+        (authority, accepted)
+    }
+
+    /// [`numbered_upstream`], and a switch that closes every open connection.
+    async fn closable_upstream(close: bool) -> (Authority, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+        let close_all = Arc::new(tokio::sync::Notify::new());
+        let closer = Arc::clone(&close_all);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let authority =
             Authority::try_from(listener.local_addr().expect("addr").to_string()).expect("authority");
@@ -440,6 +453,7 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let number = counter.fetch_add(1, Ordering::SeqCst);
+                let closer = Arc::clone(&closer);
                 tokio::spawn(async move {
                     let mut buffer = Vec::new();
                     let mut chunk = [0u8; 1024];
@@ -456,15 +470,18 @@ mod tests {
                                 return;
                             }
                         }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        tokio::select! {
+                            read = stream.read(&mut chunk) => match read {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            },
+                            _ = closer.notified() => return,
                         }
                     }
                 });
             }
         });
-        (authority, accepted)
+        (authority, accepted, close_all)
     }
 
     fn pool() -> Pool {
@@ -558,6 +575,31 @@ mod tests {
         for expected in ["0", "1", "2"] {
             assert_eq!(connection_of(send(&pool, &authority, Some(&client)).await).await, expected);
         }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_held_connection_the_upstream_closed_is_let_go() {
+        let (authority, accepted, close_all) = closable_upstream(false).await;
+        let pool = pool();
+        let (a, b) = (Affinity::default(), Affinity::default());
+        assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "0");
+        close_all.notify_waiters();
+        let held_closed = || {
+            let slot = a.slot.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            slot.as_ref().is_some_and(|held| held.sender.is_closed())
+        };
+        for _ in 0..500 {
+            if held_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(held_closed(), "the upstream closed the held connection");
+        assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "1");
+        // `a` holds the new connection, so `b` needs one of its own.
+        assert_eq!(connection_of(send(&pool, &authority, Some(&b)).await).await, "2");
+        assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "1");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }
