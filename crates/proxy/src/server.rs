@@ -171,6 +171,10 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
+        // One flat buffer per write instead of hyper's queue of slices for writev: the typical
+        // API response is a small head and body, and copying it once measured cheaper (callgrind
+        // -2 % instructions per request, and less kernel time) than building iovecs.
+        .writev(false)
         .max_buf_size(settings.max_header_bytes.max(8192));
     builder
         .http2()

@@ -259,6 +259,8 @@ where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (sender, connection) = http1::Builder::new()
+        // Flat writes, like the server side (see `server::connection_builder`).
+        .writev(false)
         .handshake(io)
         .await
         .map_err(|source| PoolError::Http { endpoint: endpoint.to_string(), source })?;
