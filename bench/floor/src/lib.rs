@@ -38,7 +38,11 @@ pub async fn connect(upstream: &str) -> std::io::Result<TcpStream> {
 
 /// Sends `head` (a complete request head) and reads one response with a Content-Length body into
 /// `buffer`; returns (head length, body length). Enough for the bench backend, not a client.
-pub async fn exchange(upstream: &mut TcpStream, head: &[u8], buffer: &mut Vec<u8>) -> std::io::Result<(usize, usize)> {
+pub async fn exchange(
+    upstream: &mut TcpStream,
+    head: &[u8],
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<(usize, usize)> {
     upstream.write_all(head).await?;
     buffer.clear();
     let mut chunk = [0u8; 16384];
