@@ -183,7 +183,7 @@ impl Pool {
         response.map(|body| PooledBody {
             inner: body,
             ended: false,
-            give_back: Some(GiveBack { pool, key, sender, affinity }),
+            give_back: Some(GiveBack { held: Held { pool, key, sender }, affinity }),
             in_flight: None,
         })
     }
@@ -331,37 +331,43 @@ impl Affinity {
 impl Drop for AffinitySlot {
     fn drop(&mut self) {
         let slot = self.0.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(Held { pool, key, sender }) = slot.take() {
-            GiveBack { pool, key, sender, affinity: None }.give_back();
+        if let Some(held) = slot.take() {
+            held.into_pool();
+        }
+    }
+}
+
+impl Held {
+    /// Puts the connection in the shared pool, unless it is closed or the pool is full.
+    fn into_pool(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let list = idle.entry(self.key).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(Idle { sender: self.sender, since: Instant::now() });
         }
     }
 }
 
 struct GiveBack {
-    pool: Arc<Inner>,
-    key: Key,
-    sender: http1::SendRequest<ProxyBody>,
+    held: Held,
     /// The client connection's slot, tried before the shared pool.
     affinity: Option<Affinity>,
 }
 
 impl GiveBack {
     fn give_back(self) {
-        if self.sender.is_closed() {
+        if self.held.sender.is_closed() {
             return;
         }
-        let GiveBack { pool, key, sender, affinity } = self;
-        let Held { pool, key, sender } = match affinity {
-            Some(affinity) => match affinity.keep(Held { pool, key, sender }) {
-                None => return,
-                Some(held) => held,
-            },
-            None => Held { pool, key, sender },
+        let unkept = match self.affinity {
+            Some(affinity) => affinity.keep(self.held),
+            None => Some(self.held),
         };
-        let mut idle = pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let list = idle.entry(key).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle { sender, since: Instant::now() });
+        if let Some(held) = unkept {
+            held.into_pool();
         }
     }
 }
@@ -508,6 +514,12 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), sending).await.expect("in time").expect("answered")
     }
 
+    /// Sends a request and reads the answer to its end (handing the connection back): the number
+    /// of the upstream connection that served it.
+    async fn served_on(pool: &Pool, authority: &Authority, affinity: Option<&Affinity>) -> String {
+        connection_of(send(pool, authority, affinity).await).await
+    }
+
     /// Reads the body to its end (which hands the connection back) and returns it.
     async fn connection_of(response: Response<PooledBody>) -> String {
         let collected = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect()).await;
@@ -519,12 +531,12 @@ mod tests {
         let (authority, accepted) = numbered_upstream(false).await;
         let pool = pool();
         let (a, b) = (Affinity::default(), Affinity::default());
-        assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "0");
+        assert_eq!(served_on(&pool, &authority, Some(&a)).await, "0");
         // Held by `a`, so `b` cannot take it from the pool: it gets its own.
-        assert_eq!(connection_of(send(&pool, &authority, Some(&b)).await).await, "1");
+        assert_eq!(served_on(&pool, &authority, Some(&b)).await, "1");
         for _ in 0..3 {
-            assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "0");
-            assert_eq!(connection_of(send(&pool, &authority, Some(&b)).await).await, "1");
+            assert_eq!(served_on(&pool, &authority, Some(&a)).await, "0");
+            assert_eq!(served_on(&pool, &authority, Some(&b)).await, "1");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -534,9 +546,9 @@ mod tests {
         let (authority, accepted) = numbered_upstream(false).await;
         let pool = pool();
         let client = Affinity::default();
-        assert_eq!(connection_of(send(&pool, &authority, Some(&client)).await).await, "0");
+        assert_eq!(served_on(&pool, &authority, Some(&client)).await, "0");
         drop(client);
-        assert_eq!(connection_of(send(&pool, &authority, None).await).await, "0", "reused from the pool");
+        assert_eq!(served_on(&pool, &authority, None).await, "0", "reused from the pool");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
@@ -550,8 +562,8 @@ mod tests {
         let second = send(&pool, &authority, Some(&client)).await;
         assert_eq!(connection_of(first).await, "0");
         assert_eq!(connection_of(second).await, "1");
-        assert_eq!(connection_of(send(&pool, &authority, None).await).await, "1", "the pool has the other");
-        assert_eq!(connection_of(send(&pool, &authority, Some(&client)).await).await, "0", "held");
+        assert_eq!(served_on(&pool, &authority, None).await, "1", "the pool has the other");
+        assert_eq!(served_on(&pool, &authority, Some(&client)).await, "0", "held");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -561,10 +573,10 @@ mod tests {
         let (second, second_accepted) = numbered_upstream(false).await;
         let pool = pool();
         let client = Affinity::default();
-        assert_eq!(connection_of(send(&pool, &first, Some(&client)).await).await, "0");
-        assert_eq!(connection_of(send(&pool, &second, Some(&client)).await).await, "0");
-        assert_eq!(connection_of(send(&pool, &first, Some(&client)).await).await, "0");
-        assert_eq!(connection_of(send(&pool, &second, Some(&client)).await).await, "0");
+        assert_eq!(served_on(&pool, &first, Some(&client)).await, "0");
+        assert_eq!(served_on(&pool, &second, Some(&client)).await, "0");
+        assert_eq!(served_on(&pool, &first, Some(&client)).await, "0");
+        assert_eq!(served_on(&pool, &second, Some(&client)).await, "0");
         assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
         assert_eq!(second_accepted.load(Ordering::SeqCst), 1, "reused through the pool");
     }
@@ -575,7 +587,7 @@ mod tests {
         let pool = pool();
         let client = Affinity::default();
         for expected in ["0", "1", "2"] {
-            assert_eq!(connection_of(send(&pool, &authority, Some(&client)).await).await, expected);
+            assert_eq!(served_on(&pool, &authority, Some(&client)).await, expected);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
@@ -585,7 +597,7 @@ mod tests {
         let (authority, accepted, close_all) = closable_upstream(false).await;
         let pool = pool();
         let (a, b) = (Affinity::default(), Affinity::default());
-        assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "0");
+        assert_eq!(served_on(&pool, &authority, Some(&a)).await, "0");
         close_all.notify_waiters();
         let held_closed = || {
             let slot = a.slot.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -598,10 +610,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(held_closed(), "the upstream closed the held connection");
-        assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "1");
+        assert_eq!(served_on(&pool, &authority, Some(&a)).await, "1");
         // `a` holds the new connection, so `b` needs one of its own.
-        assert_eq!(connection_of(send(&pool, &authority, Some(&b)).await).await, "2");
-        assert_eq!(connection_of(send(&pool, &authority, Some(&a)).await).await, "1");
+        assert_eq!(served_on(&pool, &authority, Some(&b)).await, "2");
+        assert_eq!(served_on(&pool, &authority, Some(&a)).await, "1");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }
