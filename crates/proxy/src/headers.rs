@@ -120,7 +120,8 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
     // The hop's parent id; all zeros is invalid (a 2^-64 chance, but hostile-input rules apply
     // to our own output too).
     let parent = rand::random::<u64>().max(1);
-    write_hex(&mut next[36..52], u128::from(parent), 16);
+    // Lower-case hex of exactly the slice's length: cannot fail.
+    let _ = hex::encode_to_slice(parent.to_be_bytes(), &mut next[36..52]);
     match headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
         Some((trace_id, flags)) => {
             next[3..35].copy_from_slice(trace_id.as_bytes());
@@ -128,21 +129,13 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
         }
         None => {
             headers.remove(header::HeaderName::from_static("tracestate"));
-            write_hex(&mut next[3..35], rand::random::<u128>().max(1), 32);
+            let trace_id = rand::random::<u128>().max(1);
+            let _ = hex::encode_to_slice(trace_id.to_be_bytes(), &mut next[3..35]);
             next[53..55].copy_from_slice(b"01");
         }
     }
     if let Ok(value) = HeaderValue::from_bytes(&next) {
         headers.insert(TRACEPARENT.clone(), value);
-    }
-}
-
-/// Writes the low `digits` hex digits of `value`, lower case, into `out`.
-fn write_hex(out: &mut [u8], value: u128, digits: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in out.iter_mut().take(digits).enumerate() {
-        let shift = 4 * (digits - 1 - i);
-        *byte = HEX[((value >> shift) & 0xf) as usize];
     }
 }
 
