@@ -17,6 +17,7 @@ use crate::runtime::RoutePolicy;
 
 mod backend;
 pub mod balance;
+mod h1;
 pub mod outlier;
 mod pool;
 mod resolve;
