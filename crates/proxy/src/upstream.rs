@@ -2,7 +2,7 @@
 //! policy, outlier ejection, DNS endpoints; see `backend`), per-route timeout and retries.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri, header};
@@ -127,8 +127,8 @@ impl UpstreamClient {
         body: RequestBody,
         caller: Caller<'_>,
     ) -> Result<Exchange, ProxyError> {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + policy.timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + policy.timeout;
         let timeout_ms = u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX);
         let retries = &policy.retries;
         parts.uri = Uri::try_from(path_and_query).map_err(|_| ProxyError::Internal)?;

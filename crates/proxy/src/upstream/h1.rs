@@ -297,6 +297,7 @@ struct ParsedHead {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    framing: FramingFields,
 }
 
 /// Where one field's name and value lie in the head's bytes.
@@ -338,7 +339,9 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, H1Error
         let (start, len) = (start as usize, len as usize);
         head.get(start..start.saturating_add(len)).ok_or(H1Error::Invalid("header field outside the head"))
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the gateway adds (`x-request-id`, CORS, cache status) without growing.
+    let mut headers = HeaderMap::with_capacity(count + 4);
+    let mut framing = FramingFields::default();
     for span in &spans[..count] {
         let name =
             HeaderName::from_bytes(slice(span.name)?).map_err(|_| H1Error::Invalid("header field name"))?;
@@ -349,30 +352,74 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, H1Error
             HeaderValue::from_maybe_shared(head.slice_ref(value))
                 .map_err(|_| H1Error::Invalid("header field value"))?
         };
+        framing.note(&name, &value)?;
         headers.append(name, value);
     }
-    Ok(Some(ParsedHead { status, version, headers }))
+    Ok(Some(ParsedHead { status, version, headers, framing }))
+}
+
+/// What the framing fields of a response head say, gathered while the fields are read (instead
+/// of three lookups afterwards).
+#[derive(Default)]
+struct FramingFields {
+    /// `Connection: close` is listed.
+    close: bool,
+    /// `Connection: keep-alive` is listed.
+    keep_alive: bool,
+    /// `Transfer-Encoding` is present, and whether its last coding is `chunked`.
+    transfer_encoding: Option<bool>,
+    /// The `Content-Length`: every value (and list item) must be the same number.
+    content_length: Option<u64>,
+}
+
+impl FramingFields {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), H1Error> {
+        let items = || value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name == CONNECTION {
+            for item in items() {
+                self.close |= item.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= item.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == TRANSFER_ENCODING {
+            // The last coding of the last field that names one decides (RFC 9112 §6.3).
+            match items().rfind(|coding| !coding.is_empty()) {
+                Some(last) => self.transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked")),
+                None => {
+                    self.transfer_encoding.get_or_insert(false);
+                }
+            }
+        } else if name == CONTENT_LENGTH {
+            for item in items() {
+                let parsed = parse_decimal(item).ok_or(H1Error::Invalid("Content-Length"))?;
+                if self.content_length.is_some_and(|known| known != parsed) {
+                    return Err(H1Error::Invalid("conflicting Content-Length values"));
+                }
+                self.content_length = Some(parsed);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn finish_head(parsed: ParsedHead, head_request: bool) -> Result<ResponseHead, H1Error> {
-    let ParsedHead { status, version, headers } = parsed;
+    let ParsedHead { status, version, headers, framing: fields } = parsed;
     let mut keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, &CONNECTION, "keep-alive"),
-        _ => !has_token(&headers, &CONNECTION, "close"),
+        Version::HTTP_10 => fields.keep_alive,
+        _ => !fields.close,
     };
     let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Empty
-    } else if headers.contains_key(TRANSFER_ENCODING) {
-        if headers.contains_key(CONTENT_LENGTH) {
+    } else if let Some(chunked) = fields.transfer_encoding {
+        if fields.content_length.is_some() {
             keep_alive = false;
         }
-        if last_coding_is_chunked(&headers) {
+        if chunked {
             Framing::Chunked
         } else {
             keep_alive = false;
             Framing::UntilClose
         }
-    } else if let Some(length) = content_length(&headers)? {
+    } else if let Some(length) = fields.content_length {
         if length == 0 { Framing::Empty } else { Framing::Length(length) }
     } else {
         keep_alive = false;
@@ -383,41 +430,6 @@ fn finish_head(parsed: ParsedHead, head_request: bool) -> Result<ResponseHead, H
     parts.version = version;
     parts.headers = headers;
     Ok(ResponseHead { parts, framing, keep_alive })
-}
-
-/// Whether a comma-separated field lists `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    let last = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .rfind(|coding| !coding.is_empty());
-    last.is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The `Content-Length`, when present; every value (and list item) must be the same number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let parsed = parse_decimal(item.trim_ascii()).ok_or(H1Error::Invalid("Content-Length"))?;
-            if length.is_some_and(|known| known != parsed) {
-                return Err(H1Error::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(length)
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
