@@ -88,6 +88,12 @@ async fn forwarding_headers_request_id_and_trace_context() {
     let tp = h["traceparent"].as_str().unwrap();
     assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp != trace, "{tp}");
     assert_eq!(body["version"], "HTTP/1.1");
+    assert_eq!(h["host"], s.gateway.http.to_string(), "Host goes upstream as the client sent it");
+
+    // `Connection: host` would make Host hop-by-hop; the upstream gets it all the same.
+    let r = client().get(s.gateway.url("/echo/h")).header("connection", "host").send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["headers"]["host"], s.gateway.http.to_string());
 }
 
 #[tokio::test]

@@ -334,12 +334,11 @@ impl Gateway {
             upstream_path.push('?');
             upstream_path.push_str(query);
         }
-        let client_host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
+        let host_header = parts.headers.get(header::HOST).cloned();
+        let from_authority = host_header.is_none();
+        let client_host = host_header
             .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        headers::remove_hop_by_hop(&mut parts.headers);
+        let had_hop_by_hop = headers::remove_hop_by_hop(&mut parts.headers);
         let client = headers::ClientContext {
             client_ip: &conn.remote_ip_value,
             proto: if conn.tls { "https" } else { "http" },
@@ -348,7 +347,11 @@ impl Gateway {
         headers::set_forwarded(&mut parts.headers, &client);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
         headers::propagate_traceparent(&mut parts.headers);
-        if let Some(host) = client_host {
+        // Host goes upstream as the client sent it. It is put back only where it is missing:
+        // HTTP/2 carries it as `:authority`, and `Connection: host` names it hop-by-hop.
+        if (from_authority || had_hop_by_hop)
+            && let Some(host) = client_host
+        {
             parts.headers.insert(header::HOST, host);
         }
         // WebSocket passthrough: a dedicated upstream connection, then a byte pipe.

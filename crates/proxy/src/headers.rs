@@ -25,12 +25,13 @@ const HOP_BY_HOP: [&HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names, and
-/// `Upgrade` (WebSocket passthrough handles upgrades itself).
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// `Upgrade` (WebSocket passthrough handles upgrades itself). Returns whether the message had
+/// any (whether anything may have been removed).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages carry none of them: one pass over the few names present is cheaper than ten
     // hash lookups.
     if !headers.keys().any(is_hop_by_hop) {
-        return;
+        return false;
     }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -46,6 +47,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+    true
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
