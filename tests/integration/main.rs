@@ -27,5 +27,6 @@ mod traffic_cache;
 mod traffic_http;
 mod traffic_plans;
 mod traffic_throttle;
+mod upstream_h1;
 mod validate;
 mod websocket;
