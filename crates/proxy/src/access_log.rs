@@ -19,12 +19,13 @@ pub struct Record {
     pub time: String,
     /// The request id.
     pub request_id: String,
-    /// `namespace/name` of the GatewayAPI, empty when none matched.
-    pub api: String,
+    /// `namespace/name` of the GatewayAPI, empty when none matched (shared with the route
+    /// table: no copy per request).
+    pub api: Arc<str>,
     /// Stage name.
-    pub stage: String,
+    pub stage: Arc<str>,
     /// `namespace/name` of the Route.
-    pub route: String,
+    pub route: Arc<str>,
     /// The stage's track that served the request: `stable` or `canary`.
     pub track: tollgate_ir::canary::Track,
     /// Request method.

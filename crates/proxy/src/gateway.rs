@@ -237,9 +237,9 @@ impl Gateway {
         let log = policy.access_log;
         let mut record = record;
         if let Some(record) = record.as_deref_mut() {
-            record.api = policy.api.to_string();
-            record.stage = policy.stage.to_string();
-            record.route = policy.route.to_string();
+            record.api = Arc::clone(&policy.api);
+            record.stage = Arc::clone(&policy.stage);
+            record.route = Arc::clone(&policy.route);
             record.path = path.clone();
         }
         if content_length(&parts.headers).is_some_and(|len| len > policy.max_body) {

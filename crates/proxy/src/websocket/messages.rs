@@ -229,9 +229,9 @@ pub(super) fn new_record(
     Some(Record {
         time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         request_id: request_id.to_str().unwrap_or_default().to_string(),
-        api: policy.map(|p| p.api.to_string()).unwrap_or_default(),
-        stage: policy.map(|p| p.stage.to_string()).unwrap_or_default(),
-        route: policy.map(|p| p.route.to_string()).unwrap_or_default(),
+        api: policy.map(|p| Arc::clone(&p.api)).unwrap_or_default(),
+        stage: policy.map(|p| Arc::clone(&p.stage)).unwrap_or_default(),
+        route: policy.map(|p| Arc::clone(&p.route)).unwrap_or_default(),
         method: "WEBSOCKET".to_string(),
         host: caller.host.clone(),
         path: route_key.to_string(),
