@@ -640,16 +640,30 @@ mod tests {
 
     use super::*;
 
+    /// How a test upstream treats the requests on one connection.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Answers {
+        /// Answers every request, keeping the connection open.
+        Every,
+        /// Answers one request, then closes (`Connection: close`).
+        OneThenClose,
+        /// Answers the first request; reads the next and closes without answering it (a server
+        /// that dies, or times the connection out, just as a request arrives).
+        FirstThenHangUp,
+    }
+
     /// An HTTP/1.1 upstream that answers every request with the number of the connection it
     /// came on (0, 1, ...), closing the connection after each answer when `close` is set.
     /// Returns its authority and the count of accepted connections.
     async fn numbered_upstream(close: bool) -> (Authority, Arc<AtomicUsize>) {
-        let (authority, accepted, _) = closable_upstream(close).await;
+        let answers = if close { Answers::OneThenClose } else { Answers::Every };
+        let (authority, accepted, _) = closable_upstream(answers).await;
         (authority, accepted)
     }
 
-    /// [`numbered_upstream`], and a switch that closes every open connection.
-    async fn closable_upstream(close: bool) -> (Authority, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+    /// A numbered upstream answering as `answers` says, and a switch that closes every open
+    /// connection.
+    async fn closable_upstream(answers: Answers) -> (Authority, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
         let close_all = Arc::new(tokio::sync::Notify::new());
         let closer = Arc::clone(&close_all);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -664,10 +678,16 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = Vec::new();
                     let mut chunk = [0u8; 1024];
+                    let mut answered = false;
                     loop {
                         while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                             buffer.drain(..end + 4);
+                            if answered && answers == Answers::FirstThenHangUp {
+                                return;
+                            }
+                            answered = true;
                             let body = number.to_string();
+                            let close = answers == Answers::OneThenClose;
                             let connection = if close { "close" } else { "keep-alive" };
                             let answer = format!(
                                 "HTTP/1.1 200 OK\r\nconnection: {connection}\r\ncontent-length: {}\r\n\r\n{body}",
@@ -795,7 +815,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_connection_the_upstream_closed_is_let_go() {
-        let (authority, accepted, close_all) = closable_upstream(false).await;
+        let (authority, accepted, close_all) = closable_upstream(Answers::Every).await;
         let pool = pool();
         let (a, b) = (Affinity::default(), Affinity::default());
         assert_eq!(served_on(&pool, &authority, Some(&a)).await, "0");
@@ -838,50 +858,9 @@ mod tests {
         Ok(connection_of(response).await)
     }
 
-    /// An upstream that answers the first request on each connection with the connection's
-    /// number, then reads the next request and closes without answering it (a server that
-    /// dies, or times the connection out, just as a request arrives).
-    async fn answers_once_upstream() -> (Authority, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let authority =
-            Authority::try_from(listener.local_addr().expect("addr").to_string()).expect("authority");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let number = counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    let mut answered = false;
-                    loop {
-                        if buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-                            if answered {
-                                return;
-                            }
-                            answered = true;
-                            buffer.clear();
-                            let body = number.to_string();
-                            let answer =
-                                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                            if stream.write_all(answer.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                });
-            }
-        });
-        (authority, accepted)
-    }
-
     #[tokio::test]
     async fn an_idle_connection_the_upstream_closed_is_not_used() {
-        let (authority, accepted, close_all) = closable_upstream(false).await;
+        let (authority, accepted, close_all) = closable_upstream(Answers::Every).await;
         let pool = pool();
         assert_eq!(served_on(&pool, &authority, None).await, "0");
         // Not idempotent, so neither request could be sent again had it gone out on the dead
@@ -899,7 +878,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idempotent_request_is_sent_again_when_its_connection_dies_before_answering() {
-        let (authority, accepted) = answers_once_upstream().await;
+        let (authority, accepted, _) = closable_upstream(Answers::FirstThenHangUp).await;
         let pool = pool();
         assert_eq!(try_send(&pool, &authority, get()).await.expect("first"), "0");
         // Connection 0 reads this one and closes without a word: a GET is safe to send again.
