@@ -499,7 +499,7 @@ impl Body {
 
     /// Whether the whole body has been read off the connection (it may still hold a last chunk
     /// to hand out).
-    pub fn read_off(&self) -> bool {
+    fn read_off(&self) -> bool {
         matches!(self.state, State::Done)
     }
 

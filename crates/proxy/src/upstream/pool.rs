@@ -200,24 +200,21 @@ impl Pool {
             server_name: server_name.map(str::to_string),
         };
         let give_back = GiveBack { pool: Arc::clone(&self.inner), key, affinity: affinity.cloned() };
-        let taken = self.checkout(&give_back.key, affinity);
+        // A connection hyper already drives serves any request; an own one serves a body-less
+        // request itself, and is handed to hyper for good by a request with a body.
+        let own = match self.checkout(&give_back.key, affinity) {
+            Some(Connection::Hyper(sender)) => {
+                return self.send_hyper(give_back, server_name, tls, Some(sender), request).await;
+            }
+            Some(Connection::Own(conn)) => Some(conn),
+            None => None,
+        };
         if request.body().is_end_stream() {
-            let sender = match taken {
-                Some(Connection::Hyper(sender)) => Some(sender),
-                own => {
-                    let own = own.and_then(|conn| match conn {
-                        Connection::Own(conn) => Some(conn),
-                        Connection::Hyper(_) => None,
-                    });
-                    let (parts, _empty) = request.into_parts();
-                    return self.send_bodyless(give_back, server_name, tls, own, parts).await;
-                }
-            };
-            return self.send_hyper(give_back, server_name, tls, sender, request).await;
+            let (parts, _empty) = request.into_parts();
+            return self.send_bodyless(give_back, server_name, tls, own, parts).await;
         }
-        let sender = match taken {
-            Some(Connection::Hyper(sender)) => Some(sender),
-            Some(Connection::Own(conn)) => Some(handshake(conn.into_io(), &give_back.key.authority).await?),
+        let sender = match own {
+            Some(conn) => Some(handshake(conn.into_io(), &give_back.key.authority).await?),
             None => None,
         };
         self.send_hyper(give_back, server_name, tls, sender, request).await
