@@ -134,6 +134,38 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(g.stderr().contains("shutting down"), "{}", g.stderr());
 }
 
+/// An idle keep-alive connection must not hold the drain up for its whole timeout (25 s, longer
+/// than `WAIT`): the gateway closes it when the drain starts, and a request in flight on another
+/// connection is answered with `Connection: close`.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_and_ends_busy_ones_after_their_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (m, _backend) = slow_backend_manifests().await;
+    let mut g = Tollgate::start(m.path()).await;
+    let request = b"GET /delay/0 HTTP/1.1\r\nHost: r.example\r\n\r\n";
+    let mut idle = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    idle.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(WAIT, idle.read(&mut answer)).await.expect("answered").unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..read]));
+    let mut busy = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    busy.write_all(b"GET /delay/1000 HTTP/1.1\r\nHost: r.example\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    g.terminate();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok_and(|read| read.is_ok()), "the idle connection is closed by the drain");
+    let mut busy_answer = Vec::new();
+    tokio::time::timeout(WAIT, busy.read_to_end(&mut busy_answer))
+        .await
+        .expect("answered, then closed")
+        .unwrap();
+    let busy_answer = String::from_utf8_lossy(&busy_answer).to_ascii_lowercase();
+    assert!(busy_answer.starts_with("http/1.1 200"), "{busy_answer}");
+    assert!(busy_answer.contains("connection: close"), "{busy_answer}");
+    assert!(g.wait_exit().await, "exits once both connections are done");
+}
+
 #[tokio::test]
 async fn a_folder_that_does_not_load_at_start_is_a_clear_error() {
     let m = Manifests::new();

@@ -390,7 +390,7 @@ impl Gateway {
                 metrics.observe_upstream(exchange.elapsed.as_secs_f64());
                 if let Some(record) = record {
                     record.upstream_ms = Some(exchange.elapsed.as_secs_f64() * 1000.0);
-                    record.upstream = Some(exchange.endpoint);
+                    record.upstream = Some(exchange.endpoint.to_string());
                 }
                 let (mut head, body) = exchange.response.into_parts();
                 headers::remove_hop_by_hop(&mut head.headers);

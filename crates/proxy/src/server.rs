@@ -8,13 +8,16 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::gateway::{ConnInfo, Gateway};
+
+mod drain;
+
+pub use drain::{Drain, Finish, Member, Watched};
 
 /// Connection-level limits of a listener.
 #[derive(Clone, Debug)]
@@ -59,7 +62,7 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) {
     let builder = Arc::new(connection_builder(&settings));
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let local = listener.local_addr().ok();
     loop {
         let (stream, remote) = tokio::select! {
@@ -93,7 +96,7 @@ pub async fn serve(
                 });
                 let connection =
                     builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let watched = graceful.watch(connection);
+                let watched = drain.enter().watch(connection);
                 tokio::spawn(log_connection_end(watched).instrument(span));
             }
             Some(acceptor) => {
@@ -120,7 +123,7 @@ pub async fn serve(
                         async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
                     })
                 };
-                let watcher = graceful.watcher();
+                let member = drain.enter();
                 let handshake_timeout = settings.tls_handshake_timeout;
                 tokio::spawn(
                     async move {
@@ -145,7 +148,7 @@ pub async fn serve(
                         let connection = builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .into_owned();
-                        log_connection_end(watcher.watch(connection)).await;
+                        log_connection_end(member.watch(connection)).await;
                     }
                     .instrument(span),
                 );
@@ -153,8 +156,8 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!(listener = ?local, connections = graceful.count(), "draining");
-    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await.is_err() {
+    tracing::info!(listener = ?local, connections = drain.count(), "draining");
+    if tokio::time::timeout(settings.drain_timeout, drain.shutdown()).await.is_err() {
         tracing::warn!(listener = ?local, "drain timeout expired; closing remaining connections");
     }
 }

@@ -74,8 +74,8 @@ pub struct UpstreamClient {
 pub struct Exchange {
     /// The upstream's response.
     pub response: Response<PooledBody>,
-    /// The endpoint that answered.
-    pub endpoint: String,
+    /// The endpoint that answered (formatted only where it is logged).
+    pub endpoint: http::uri::Authority,
     /// Time to the response head.
     pub elapsed: Duration,
 }
@@ -214,7 +214,7 @@ impl UpstreamClient {
                     response.body_mut().hold(in_flight);
                     return Ok(Exchange {
                         response,
-                        endpoint: endpoint.authority.to_string(),
+                        endpoint: endpoint.authority.clone(),
                         elapsed: started.elapsed(),
                     });
                 }

@@ -235,7 +235,9 @@ pub async fn exchange(
     let mut received = 0usize;
     let mut interim = 0usize;
     loop {
-        if let Some(parsed) = parse_response_head(&mut conn.buf)? {
+        if conn.buf.is_empty() {
+            // Nothing to parse yet (the usual first round): read first.
+        } else if let Some(parsed) = parse_response_head(&mut conn.buf)? {
             if parsed.status.is_informational() {
                 if parsed.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(H1Error::Invalid("101 Switching Protocols to a request without Upgrade"));

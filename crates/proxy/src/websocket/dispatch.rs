@@ -133,6 +133,6 @@ pub async fn invoke(client: &UpstreamClient, call: Invocation<'_>) -> Result<Ans
         headers: head.headers,
         body,
         elapsed: started.elapsed(),
-        endpoint: Some(exchange.endpoint),
+        endpoint: Some(exchange.endpoint.to_string()),
     })
 }
