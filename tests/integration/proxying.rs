@@ -90,6 +90,28 @@ async fn forwarding_headers_request_id_and_trace_context() {
     assert_eq!(body["version"], "HTTP/1.1");
     assert_eq!(h["host"], s.gateway.http.to_string(), "Host goes upstream as the client sent it");
 
+    assert_eq!(body["repeated"], serde_json::json!([]), "the gateway's fields replace the client's");
+
+    // A request with a body takes hyper's client: the same fields, each once.
+    let r = client()
+        .post(s.gateway.url("/echo/p"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-request-id", "req-post")
+        .header("traceparent", trace)
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let h = &body["headers"];
+    assert_eq!(body["body"], "payload");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http", "the client's claim is replaced");
+    assert_eq!(h["x-request-id"], "req-post");
+    assert!(h["traceparent"].as_str().unwrap().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert_eq!(body["repeated"], serde_json::json!([]), "{body}");
+
     // `Connection: host` would make Host hop-by-hop; the upstream gets it all the same.
     let r = client().get(s.gateway.url("/echo/h")).header("connection", "host").send().await.unwrap();
     let body: Value = r.json().await.unwrap();

@@ -336,8 +336,16 @@ async fn answer(
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
         .collect();
+    // Names sent more than once (the map above keeps one value per name).
+    let repeated: Vec<String> = parts
+        .headers
+        .keys()
+        .filter(|k| parts.headers.get_all(*k).iter().count() > 1)
+        .map(|k| k.to_string())
+        .collect();
     let doc = serde_json::json!({
         "server": &*name,
+        "repeated": repeated,
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),

@@ -344,9 +344,8 @@ impl Gateway {
             proto: if conn.tls { "https" } else { "http" },
             host: client_host.as_ref(),
         };
-        headers::set_forwarded(&mut parts.headers, &client);
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        headers::propagate_traceparent(&mut parts.headers);
+        // X-Forwarded-*, X-Request-Id, traceparent: written after the client's fields.
+        let forwarding = headers::Forwarding::take(&mut parts.headers, &client, request_id);
         // Host goes upstream as the client sent it. It is put back only where it is missing:
         // HTTP/2 carries it as `:authority`, and `Connection: host` names it hop-by-hop.
         if (from_authority || had_hop_by_hop)
@@ -356,12 +355,15 @@ impl Gateway {
         }
         // WebSocket passthrough: a dedicated upstream connection, then a byte pipe.
         if let Some(upgrade) = upgrade {
+            forwarding.insert_into(&mut parts.headers);
             let caller = crate::upstream::Caller {
                 client_ip: conn.remote.ip(),
                 principal: context.principal.as_deref(),
                 affinity: None,
+                forwarding: None,
             };
-            let forward = crate::websocket::passthrough::forward(
+            // Boxed, like `$connect` above: rare, and large.
+            let forward = Box::pin(crate::websocket::passthrough::forward(
                 self,
                 policy,
                 backend,
@@ -369,7 +371,7 @@ impl Gateway {
                 parts,
                 &upstream_path,
                 caller,
-            );
+            ));
             return match forward.await {
                 Ok(response) => (response, metrics, log),
                 Err(error) => (fail(error, id, record), metrics, log),
@@ -384,8 +386,9 @@ impl Gateway {
             client_ip: conn.remote.ip(),
             principal: context.principal.as_deref(),
             affinity: Some(&conn.affinity),
+            forwarding: Some(&forwarding),
         };
-        match self.client.send(policy, backend, parts, &upstream_path, body, caller).await {
+        match self.client.send(policy, backend, &mut parts, &upstream_path, body, caller).await {
             Ok(exchange) => {
                 metrics.observe_upstream(exchange.elapsed.as_secs_f64());
                 if let Some(record) = record {

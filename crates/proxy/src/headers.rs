@@ -9,6 +9,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -67,19 +68,7 @@ pub struct ClientContext<'a> {
 /// Adds `X-Forwarded-For` (appending the client address), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientContext<'_>) {
-    let prior = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).map(str::trim);
-    let xff = match prior {
-        Some(prior) if !prior.is_empty() => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + client.client_ip.len());
-            joined.extend_from_slice(prior.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client.client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
-        }
-        // The common case shares the connection's value: no formatting, no allocation.
-        _ => Some(client.client_ip.clone()),
-    };
-    if let Some(value) = xff {
+    if let Some(value) = forwarded_for(headers.get(&X_FORWARDED_FOR), client.client_ip) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(client.proto));
@@ -88,6 +77,88 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientContext<'_>) {
         None => headers.remove(&X_FORWARDED_HOST),
     };
 }
+
+/// `X-Forwarded-For`: the client's address appended to what the client sent, if anything.
+fn forwarded_for(prior: Option<&HeaderValue>, client_ip: &HeaderValue) -> Option<HeaderValue> {
+    match prior.and_then(|v| v.to_str().ok()).map(str::trim) {
+        Some(prior) if !prior.is_empty() => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + client_ip.len());
+            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        // The common case shares the connection's value: no formatting, no allocation.
+        _ => Some(client_ip.clone()),
+    }
+}
+
+/// The fields the gateway sets on every forwarded request: `X-Forwarded-For` (the client's
+/// address appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id` and
+/// `traceparent` (see [`next_traceparent`]).
+///
+/// They are kept out of the request's header map: the proxy's own HTTP/1.1 exchange writes them
+/// after the client's fields, which spares a hash-map insert per field on every request (the
+/// header map's hashing was the largest single cost of the request path after hyper's
+/// parser). hyper's client and WebSocket passthrough get them inserted ([`Forwarding::insert_into`]).
+#[derive(Debug)]
+pub struct Forwarding {
+    fields: [(&'static HeaderName, Option<HeaderValue>); 5],
+}
+
+impl Forwarding {
+    /// Takes the client's own copies of these fields out of `headers` — folding in what they
+    /// said: a prior `X-Forwarded-For` is extended, a valid `traceparent` continued (else
+    /// `tracestate` goes too) — and makes the gateway's.
+    pub fn take(headers: &mut HeaderMap, client: &ClientContext<'_>, request_id: &HeaderValue) -> Forwarding {
+        // Most requests carry none of them: one pass over the few names present is cheaper than
+        // six hash lookups.
+        let sent = headers.keys().any(|name| SET_BY_GATEWAY.contains(&name) || name == TRACESTATE);
+        let (prior_for, prior_trace) = if sent {
+            let prior = (headers.get(&X_FORWARDED_FOR).cloned(), headers.get(&TRACEPARENT).cloned());
+            for name in SET_BY_GATEWAY {
+                headers.remove(name);
+            }
+            prior
+        } else {
+            (None, None)
+        };
+        let (traceparent, continued) = next_traceparent(prior_trace.as_ref());
+        if sent && !continued {
+            headers.remove(&TRACESTATE);
+        }
+        Forwarding {
+            fields: [
+                (&X_FORWARDED_FOR, forwarded_for(prior_for.as_ref(), client.client_ip)),
+                (&X_FORWARDED_PROTO, Some(HeaderValue::from_static(client.proto))),
+                (&X_FORWARDED_HOST, client.host.cloned()),
+                (&X_REQUEST_ID, Some(request_id.clone())),
+                (&TRACEPARENT, Some(traceparent)),
+            ],
+        }
+    }
+
+    /// The fields, in the order they are sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_ref()?)))
+    }
+
+    /// The value of field `name`, if the gateway sets it.
+    pub fn get(&self, name: &str) -> Option<&HeaderValue> {
+        self.iter().find(|(field, _)| field.as_str().eq_ignore_ascii_case(name)).map(|(_, value)| value)
+    }
+
+    /// Puts the fields into `headers` (for transports that send a header map).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The fields [`Forwarding`] sets (a client's copies are replaced).
+const SET_BY_GATEWAY: [&HeaderName; 5] =
+    [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_REQUEST_ID, &TRACEPARENT];
 
 /// An address as a header value (`X-Forwarded-For`), made once per client connection.
 pub fn client_ip_value(ip: std::net::IpAddr) -> HeaderValue {
@@ -111,9 +182,10 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// Continues the client's W3C trace (same trace id and flags, a new parent id for the hop the
-/// gateway adds) or starts a new sampled one when the client sent none or an invalid one.
-pub fn propagate_traceparent(headers: &mut HeaderMap) {
+/// The `traceparent` for the next hop: the client's trace continued (same trace id and flags, a
+/// new parent id for the hop the gateway adds) when `prior` is valid — then `true` — else a new
+/// sampled trace.
+pub fn next_traceparent(prior: Option<&HeaderValue>) -> (HeaderValue, bool) {
     // `00-` trace id (32) `-` parent id (16) `-` flags (2): built on the stack.
     let mut next = [0u8; 55];
     next[..3].copy_from_slice(b"00-");
@@ -124,21 +196,22 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
     let parent = rand::random::<u64>().max(1);
     // Lower-case hex of exactly the slice's length: cannot fail.
     let _ = hex::encode_to_slice(parent.to_be_bytes(), &mut next[36..52]);
-    match headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
+    let continued = match prior.and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
         Some((trace_id, flags)) => {
             next[3..35].copy_from_slice(trace_id.as_bytes());
             next[53..55].copy_from_slice(flags.as_bytes());
+            true
         }
         None => {
-            headers.remove(header::HeaderName::from_static("tracestate"));
             let trace_id = rand::random::<u128>().max(1);
             let _ = hex::encode_to_slice(trace_id.to_be_bytes(), &mut next[3..35]);
             next[53..55].copy_from_slice(b"01");
+            false
         }
-    }
-    if let Ok(value) = HeaderValue::from_bytes(&next) {
-        headers.insert(TRACEPARENT.clone(), value);
-    }
+    };
+    // Hex digits and dashes only: always a valid value.
+    let value = HeaderValue::from_bytes(&next).unwrap_or_else(|_| HeaderValue::from_static(""));
+    (value, continued)
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
@@ -216,24 +289,61 @@ mod tests {
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
     }
 
+    /// Every field the gateway sets, from a request that sent its own copies of all of them.
+    fn forwarded(pairs: &[(&str, &str)]) -> (HeaderMap, HeaderMap) {
+        let mut h = map(pairs);
+        let ip = client_ip_value([127, 0, 0, 1].into());
+        let host = HeaderValue::from_static("api.example");
+        let client = ClientContext { client_ip: &ip, proto: "https", host: Some(&host) };
+        let forwarding = Forwarding::take(&mut h, &client, &HeaderValue::from_static("req-1"));
+        let mut added = HeaderMap::new();
+        forwarding.insert_into(&mut added);
+        assert_eq!(forwarding.get("X-Request-Id").map(|v| v.as_bytes()), Some(&b"req-1"[..]));
+        (h, added)
+    }
+
+    #[test]
+    fn forwarding_replaces_the_clients_copies_and_extends_forwarded_for() {
+        let (rest, added) = forwarded(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-request-id", "client-id"),
+            ("accept", "*/*"),
+        ]);
+        assert_eq!(rest.len(), 1, "only the client's other fields stay: {rest:?}");
+        assert_eq!(added["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(added["x-forwarded-proto"], "https");
+        assert_eq!(added["x-forwarded-host"], "api.example");
+        assert_eq!(added["x-request-id"], "req-1");
+        let (rest, added) = forwarded(&[("accept", "*/*")]);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(added["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(added.len(), 5);
+    }
+
     #[test]
     fn traceparent_keeps_trace_id_and_replaces_parent() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let mut h = map(&[("traceparent", incoming)]);
-        propagate_traceparent(&mut h);
-        let out = h["traceparent"].to_str().unwrap_or_default().to_string();
+        let (rest, added) = forwarded(&[("traceparent", incoming), ("tracestate", "vendor=1")]);
+        let out = added["traceparent"].to_str().unwrap_or_default().to_string();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
         assert!(out.ends_with("-01"));
         assert_ne!(out, incoming);
         assert!(parse_traceparent(&out).is_some(), "{out}");
+        assert_eq!(rest["tracestate"], "vendor=1", "tracestate travels with a continued trace");
+        assert!(!rest.contains_key("traceparent"), "the client's copy is replaced, not repeated");
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let mut h = map(&[("traceparent", unsampled), ("tracestate", "vendor=1")]);
-        propagate_traceparent(&mut h);
-        assert!(h["traceparent"].to_str().unwrap_or_default().ends_with("-00"), "flags kept");
-        assert_eq!(h["tracestate"], "vendor=1", "tracestate travels with a continued trace");
-        let mut fresh = map(&[("traceparent", "garbage")]);
-        propagate_traceparent(&mut fresh);
-        let parsed = fresh["traceparent"].to_str().ok().and_then(parse_traceparent);
+        let (_, added) = forwarded(&[("traceparent", unsampled)]);
+        assert!(added["traceparent"].to_str().unwrap_or_default().ends_with("-00"), "flags kept");
+        let (rest, added) = forwarded(&[("traceparent", "garbage"), ("tracestate", "vendor=1")]);
+        let parsed = added["traceparent"].to_str().ok().and_then(parse_traceparent);
         assert!(parsed.is_some());
+        assert!(!rest.contains_key("tracestate"), "a new trace starts without the old state");
+        let (_, added) = forwarded(&[]);
+        assert!(
+            added["traceparent"].to_str().ok().and_then(parse_traceparent).is_some(),
+            "a trace is started"
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri, header};
+use http::{Response, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
@@ -25,7 +25,7 @@ mod resolve;
 pub use backend::{
     BackendBuilder, BackendRegistry, BackendRuntime, Caller, InFlight, TlsProfile, TlsSetup, UpstreamMetrics,
 };
-pub use pool::{Affinity, Pool, PoolError, PoolSettings, PooledBody};
+pub use pool::{Affinity, Keep, Pool, PoolError, PoolSettings, PooledBody, Target};
 pub use resolve::ResolveError;
 
 /// Settings of the upstream client.
@@ -122,7 +122,7 @@ impl UpstreamClient {
         &self,
         policy: &RoutePolicy,
         backend: &BackendRuntime,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         path_and_query: &str,
         body: RequestBody,
         caller: Caller<'_>,
@@ -161,7 +161,6 @@ impl UpstreamClient {
         let query = path_and_query.split_once('?').map(|(_, q)| q);
         let hash_key = backend.hash_key(&parts.headers, query, caller);
         let mut body = Some(body);
-        let mut parts = Some(parts);
         let mut attempt = 0;
         let mut avoid: Option<http::uri::Authority> = None;
         loop {
@@ -169,8 +168,6 @@ impl UpstreamClient {
                 return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
             };
             let can_retry = attempt < retries.attempts;
-            // The head is cloned only when another attempt may need it.
-            let this_parts = if can_retry { parts.clone() } else { parts.take() };
             let this_body = match body.take() {
                 Some(RequestBody::Buffered(bytes)) if can_retry => {
                     body = Some(RequestBody::Buffered(bytes.clone()));
@@ -180,22 +177,22 @@ impl UpstreamClient {
                 Some(RequestBody::Streaming(stream)) => stream,
                 None => return Err(ProxyError::Internal),
             };
-            let Some(this_parts) = this_parts else { return Err(ProxyError::Internal) };
-            let request = Request::from_parts(this_parts, this_body);
             let in_flight = backend.start(endpoint);
             let can_retry = can_retry && body.is_some();
+            let target = pool::Target {
+                scheme: &backend.scheme,
+                authority: &endpoint.authority,
+                server_name: backend.server_name.as_deref(),
+                tls,
+                affinity: caller.affinity,
+            };
+            // The head is copied only when another attempt may need it.
+            let keep = if can_retry { Keep::Yes } else { Keep::No };
             // Built inside `timeout_at`'s argument: a future bound to a local first keeps a
             // second slot of its size in this function's state.
             let sent = tokio::time::timeout_at(
                 deadline,
-                self.pool.send_with(
-                    &backend.scheme,
-                    &endpoint.authority,
-                    backend.server_name.as_deref(),
-                    tls,
-                    caller.affinity,
-                    request,
-                ),
+                self.pool.send_parts(target, parts, caller.forwarding, this_body, keep),
             );
             match sent.await {
                 Err(_elapsed) => {

@@ -276,6 +276,8 @@ pub struct Caller<'a> {
     pub principal: Option<&'a str>,
     /// The client connection's upstream connection affinity, if it has one.
     pub affinity: Option<&'a super::Affinity>,
+    /// The fields the gateway adds to the request, when kept out of its header map.
+    pub forwarding: Option<&'a crate::headers::Forwarding>,
 }
 
 /// An upstream with its endpoints, balancing policy and outlier detection.
@@ -322,7 +324,10 @@ impl BackendRuntime {
         let LoadBalancing::ConsistentHash { hash_on } = &self.balancing else { return None };
         let hash = balance::hash_bytes;
         match hash_on {
-            HashOn::Header(name) => headers.get(name.as_str()).map(|v| hash(v.as_bytes())),
+            HashOn::Header(name) => headers
+                .get(name.as_str())
+                .or_else(|| caller.forwarding?.get(name))
+                .map(|v| hash(v.as_bytes())),
             HashOn::Query(name) => query_value(query?, name).map(|v| hash(v.as_bytes())),
             HashOn::Cookie(name) => cookie_value(headers, name).map(|v| hash(v.as_bytes())),
             HashOn::Principal => caller.principal.map(|p| hash(p.as_bytes())),
@@ -463,7 +468,12 @@ mod tests {
             &["10.0.0.1:80"],
             LoadBalancing::ConsistentHash { hash_on: HashOn::Cookie("session".into()) },
         ));
-        let caller = Caller { client_ip: "10.1.1.1".parse().unwrap(), principal: None, affinity: None };
+        let caller = Caller {
+            client_ip: "10.1.1.1".parse().unwrap(),
+            principal: None,
+            affinity: None,
+            forwarding: None,
+        };
         let mut headers = HeaderMap::new();
         assert_eq!(b.hash_key(&headers, None, caller), None);
         headers.insert(header::COOKIE, HeaderValue::from_static("a=1; session=abc"));
@@ -484,6 +494,16 @@ mod tests {
         let known = Caller { principal: Some("alice"), ..caller };
         assert_eq!(key(HashOn::Principal, &user, None, known), Some(h(b"alice")));
         assert_eq!(key(HashOn::SourceIp, &user, None, caller), Some(h(b"10.1.1.1")));
+        // A field the gateway sets is hashed as sent upstream, though kept out of the map.
+        let ip = crate::headers::client_ip_value([10, 1, 1, 1].into());
+        let client = crate::headers::ClientContext { client_ip: &ip, proto: "http", host: None };
+        let mut sent = HeaderMap::new();
+        sent.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
+        let id = HeaderValue::from_static("r1");
+        let forwarding = crate::headers::Forwarding::take(&mut sent, &client, &id);
+        let forwarded = Caller { forwarding: Some(&forwarding), ..caller };
+        let on_xff = HashOn::Header("X-Forwarded-For".into());
+        assert_eq!(key(on_xff, &sent, None, forwarded), Some(h(b"192.0.2.7, 10.1.1.1")));
         let round_robin =
             registry().builder(None).backend(&ir_backend(&["10.0.0.1:80"], LoadBalancing::RoundRobin));
         assert_eq!(round_robin.hash_key(&user, None, caller), None);

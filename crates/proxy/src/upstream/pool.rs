@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 
 use super::h1;
 use crate::body::{BoxError, ProxyBody};
+use crate::headers::Forwarding;
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -155,6 +156,30 @@ struct Inner {
     tls: tokio_rustls::TlsConnector,
 }
 
+/// Where a request goes: the endpoint, how to reach it, and the client connection's affinity.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// `http` or `https`.
+    pub scheme: &'a Scheme,
+    /// The endpoint's host and port.
+    pub authority: &'a Authority,
+    /// The TLS server name to verify, when not the authority's host.
+    pub server_name: Option<&'a str>,
+    /// The backend's own TLS configuration (`None`: the pool's).
+    pub tls: Option<&'a super::backend::TlsProfile>,
+    /// The client connection's affinity slot, if any.
+    pub affinity: Option<&'a Affinity>,
+}
+
+/// Whether the caller needs the request head back after a request with a body (to try again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Another attempt may follow: hyper gets a copy.
+    Yes,
+    /// The last attempt: hyper takes the head itself.
+    No,
+}
+
 impl Pool {
     /// An empty pool.
     pub fn new(settings: PoolSettings) -> Pool {
@@ -193,6 +218,24 @@ impl Pool {
         affinity: Option<&Affinity>,
         request: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        let (mut parts, body) = request.into_parts();
+        let target = Target { scheme, authority, server_name, tls, affinity };
+        self.send_parts(target, &mut parts, None, body, Keep::No).await
+    }
+
+    /// [`Pool::send_with`] for a head the caller keeps, plus the gateway's `added` fields: a
+    /// body-less request is written from `parts` as they are; a request with a body takes them
+    /// for hyper's client (a copy when `keep` says another attempt may need them). Borrowing instead of moving keeps the head out
+    /// of every future on the way (hyper moves a request's future whole; see `gateway`).
+    pub async fn send_parts(
+        &self,
+        target: Target<'_>,
+        parts: &mut http::request::Parts,
+        added: Option<&Forwarding>,
+        body: ProxyBody,
+        keep: Keep,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let Target { scheme, authority, server_name, tls, affinity } = target;
         let key = Key {
             scheme: scheme.clone(),
             authority: authority.clone(),
@@ -200,23 +243,34 @@ impl Pool {
             server_name: server_name.map(str::to_string),
         };
         let give_back = GiveBack { pool: Arc::clone(&self.inner), key, affinity: affinity.cloned() };
+        let owned = |parts: &mut http::request::Parts, body| {
+            let mut parts = match keep {
+                Keep::Yes => parts.clone(),
+                Keep::No => std::mem::replace(parts, Request::new(()).into_parts().0),
+            };
+            if let Some(added) = added {
+                added.insert_into(&mut parts.headers);
+            }
+            Request::from_parts(parts, body)
+        };
         // A connection hyper already drives serves any request; an own one serves a body-less
         // request itself, and is handed to hyper for good by a request with a body.
         let own = match self.checkout(&give_back.key, affinity) {
             Some(Connection::Hyper(sender)) => {
+                let request = owned(parts, body);
                 return self.send_hyper(give_back, server_name, tls, Some(sender), request).await;
             }
             Some(Connection::Own(conn)) => Some(conn),
             None => None,
         };
-        if request.body().is_end_stream() {
-            let (parts, _empty) = request.into_parts();
-            return self.send_bodyless(give_back, server_name, tls, own, parts).await;
+        if body.is_end_stream() {
+            return self.send_bodyless(give_back, server_name, tls, own, parts, added).await;
         }
         let sender = match own {
             Some(conn) => Some(handshake(conn.into_io(), &give_back.key.authority).await?),
             None => None,
         };
+        let request = owned(parts, body);
         self.send_hyper(give_back, server_name, tls, sender, request).await
     }
 
@@ -228,12 +282,13 @@ impl Pool {
         server_name: Option<&str>,
         tls: Option<&super::backend::TlsProfile>,
         taken: Option<h1::Conn>,
-        parts: http::request::Parts,
+        parts: &http::request::Parts,
+        added: Option<&Forwarding>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let head_request = parts.method == http::Method::HEAD;
         let failed = |source| PoolError::Exchange { endpoint: give_back.key.authority.to_string(), source };
         if let Some(mut conn) = taken {
-            match h1::exchange(&mut conn, &parts, head_request).await {
+            match h1::exchange(&mut conn, parts, added, head_request).await {
                 Ok(head) => return Ok(wrap_own(give_back, conn, head)),
                 Err(error)
                     if error.is_unsent() || (error.is_stale_connection() && parts.method.is_idempotent()) => {
@@ -245,7 +300,7 @@ impl Pool {
         // every request's future by its size.
         let io = Box::pin(self.connect(&give_back.key, server_name, tls)).await?;
         let mut conn = h1::Conn::new(io);
-        match h1::exchange(&mut conn, &parts, head_request).await {
+        match h1::exchange(&mut conn, parts, added, head_request).await {
             Ok(head) => Ok(wrap_own(give_back, conn, head)),
             Err(error) => Err(failed(error)),
         }

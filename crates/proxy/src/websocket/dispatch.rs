@@ -117,11 +117,15 @@ pub async fn invoke(client: &UpstreamClient, call: Invocation<'_>) -> Result<Ans
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.headers_mut() = headers;
-    let (parts, ()) = request.into_parts();
+    let (mut parts, ()) = request.into_parts();
     let body = RequestBody::Buffered(call.body);
-    let caller =
-        crate::upstream::Caller { client_ip: call.client_ip, principal: call.principal, affinity: None };
-    let exchange = client.send(policy, backend, parts, &path, body, caller).await?;
+    let caller = crate::upstream::Caller {
+        client_ip: call.client_ip,
+        principal: call.principal,
+        affinity: None,
+        forwarding: None,
+    };
+    let exchange = client.send(policy, backend, &mut parts, &path, body, caller).await?;
     let (head, body) = exchange.response.into_parts();
     let limit = usize::try_from(call.max_response).unwrap_or(usize::MAX);
     let body = match Limited::new(body, limit).collect().await {

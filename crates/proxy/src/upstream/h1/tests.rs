@@ -92,7 +92,7 @@ struct Collected {
 async fn run(conn: Conn, request: &http::request::Parts) -> Result<Collected, H1Error> {
     tokio::time::timeout(Duration::from_secs(5), async move {
         let mut conn = conn;
-        let head = exchange(&mut conn, request, request.method == http::Method::HEAD).await?;
+        let head = exchange(&mut conn, request, None, request.method == http::Method::HEAD).await?;
         let mut body = Body::new(conn, &head);
         let mut data = BytesMut::new();
         let mut trailers = None;
@@ -128,6 +128,29 @@ async fn content_length_body_and_request_head_on_the_wire() {
     assert!(done.reusable.is_some(), "a complete keep-alive response frees its connection");
     let wire = heads.recv().await.expect("the server read a head");
     assert_eq!(wire, "GET /a/b?q=1 HTTP/1.1\r\nhost: upstream.test\r\nx-request-id: abc\r\n\r\n");
+}
+
+#[tokio::test]
+async fn the_gateways_fields_follow_the_requests_own_once_each() {
+    let (address, mut heads) = server(vec![script(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false)]).await;
+    let mut parts = get("/x");
+    parts.headers.insert("x-forwarded-proto", http::HeaderValue::from_static("spoofed"));
+    let ip = crate::headers::client_ip_value([192, 0, 2, 1].into());
+    let client = crate::headers::ClientContext { client_ip: &ip, proto: "http", host: None };
+    let id = http::HeaderValue::from_static("gw-1");
+    let added = crate::headers::Forwarding::take(&mut parts.headers, &client, &id);
+    let mut conn = connect(address).await;
+    let exchanged = exchange(&mut conn, &parts, Some(&added), false);
+    tokio::time::timeout(Duration::from_secs(5), exchanged).await.expect("in time").expect("exchange");
+    let wire = heads.recv().await.expect("the server read a head");
+    let fields: Vec<&str> = wire.lines().skip(1).take_while(|line| !line.is_empty()).collect();
+    let names: Vec<&str> = fields.iter().filter_map(|f| f.split(':').next()).collect();
+    assert_eq!(
+        names,
+        ["host", "x-forwarded-for", "x-forwarded-proto", "x-request-id", "traceparent"],
+        "{wire}"
+    );
+    assert!(fields.contains(&"x-forwarded-proto: http") && fields.contains(&"x-request-id: gw-1"), "{wire}");
 }
 
 #[tokio::test]
