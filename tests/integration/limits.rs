@@ -71,3 +71,86 @@ async fn oversized_headers_get_431() {
     assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(backend.hits(), 0);
 }
+
+/// `--header-read-timeout 1s`, and a route to a backend that answers `/delay/{ms}` that late.
+async fn with_header_read_timeout() -> (Tollgate, Backend, Manifests) {
+    let backend = Backend::start("t").await;
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("t", "t"));
+    let route = "  match: {path: '/delay/{ms}'}\n  integration: {service: {name: s, port: 80}}\n";
+    m.write(
+        "routes.yaml",
+        &format!(
+            "{}---\n{}",
+            route_yaml("t", "slow", "t", route),
+            service_yaml("t", "s", 80, &[backend.addr])
+        ),
+    );
+    let gateway = Tollgate::start_with(m.path(), &["--header-read-timeout", "1s"]).await;
+    (gateway, backend, m)
+}
+
+/// Sends one keep-alive GET on `stream` and reads its response (head and `Content-Length` body).
+async fn exchange_on(stream: &mut tokio::net::TcpStream, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).await?;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Ok(text);
+            }
+        }
+        let read = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("answered in time")?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        received.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[tokio::test]
+async fn clients_slow_to_send_a_head_and_idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (g, _backend, _m) = with_header_read_timeout().await;
+    // Slowloris: part of a head, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    slow.write_all(b"GET /delay/0 HTTP/1.1\r\nHost: t\r\nX-Slow: ").await.unwrap();
+    // A connection that never sends a byte.
+    let mut silent = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    // A keep-alive connection left idle after one exchange.
+    let mut idle = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    let answer = exchange_on(&mut idle, "/delay/0").await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for (what, stream) in [("slow head", &mut slow), ("silent", &mut silent), ("idle keep-alive", &mut idle)]
+    {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "{what}: closed by the gateway after the header-read timeout");
+        assert!(!String::from_utf8_lossy(&rest).contains(" 200 "), "{what}: nothing served");
+    }
+}
+
+#[tokio::test]
+async fn the_header_read_timeout_does_not_cut_slow_responses_or_busy_connections() {
+    let (g, _backend, _m) = with_header_read_timeout().await;
+    let mut stream = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    // The upstream takes longer than the timeout: a request in flight is not a slow head.
+    let answer = exchange_on(&mut stream, "/delay/1500").await.expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Requests every 400 ms for well over the timeout, all on this one connection.
+    for _ in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let answer = exchange_on(&mut stream, "/delay/0").await.expect("the connection stays open");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}

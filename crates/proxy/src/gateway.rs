@@ -48,6 +48,8 @@ pub struct ConnInfo {
     ///
     /// [`Affinity`]: crate::upstream::Affinity
     pub affinity: crate::upstream::Affinity,
+    /// Where requests report to the connection's header-read timeout (none: no timeout).
+    pub activity: Option<Arc<crate::server::Activity>>,
 }
 
 /// The data plane's shared state: the current Runtime and what outlives it.
@@ -155,6 +157,8 @@ impl Gateway {
     /// Serves one request.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
+        // Until the response is done, the connection is not waiting for a request head.
+        let busy = conn.activity.as_ref().map(|activity| activity.begin(request.version()));
         let request_id = headers::request_id(request.headers());
         let Some(runtime) = self.runtime.load_full() else {
             let mut response = ProxyError::NotReady.into_response(request_id.to_str().unwrap_or_default());
@@ -185,6 +189,7 @@ impl Gateway {
             start,
             record: record.filter(|_| log),
             log: self.access_log.clone(),
+            busy,
         };
         Response::from_parts(parts, boxed(Observed::new(body, status, done)))
     }
@@ -499,6 +504,7 @@ mod tests {
                     tls: false,
                     peer: None,
                     affinity: Default::default(),
+                    activity: None,
                 };
                 let future = Arc::clone(&gateway).handle(request, info);
                 seen.store(std::mem::size_of_val(&future), Ordering::SeqCst);

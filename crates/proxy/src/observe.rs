@@ -26,6 +26,8 @@ pub struct Completion {
     pub record: Option<Box<Record>>,
     /// The access log.
     pub log: AccessLog,
+    /// Keeps the client connection counted busy until the response is done.
+    pub busy: Option<crate::server::Busy>,
 }
 
 impl Completion {

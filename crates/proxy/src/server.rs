@@ -16,16 +16,18 @@ use tracing::Instrument;
 use crate::gateway::{ConnInfo, Gateway};
 
 mod drain;
+mod idle;
 
 pub use drain::{Drain, Finish, Member, Watched};
+pub use idle::{Activity, Busy};
 
 /// Connection-level limits of a listener.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
     /// Largest request head (request line + headers) accepted; larger heads get 431.
     pub max_header_bytes: usize,
-    /// Time allowed for a client to send a complete request head (also the keep-alive idle time
-    /// between requests on HTTP/1.1).
+    /// Time a connection may go without a request in flight: for a client to send a complete
+    /// request head, and the keep-alive idle time between requests (see `server::idle`).
     pub header_read_timeout: Duration,
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout: Duration,
@@ -80,6 +82,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let builder = Arc::clone(&builder);
         let span = tracing::debug_span!("connection", %remote);
+        // Counted from the accept (for TLS, the handshake counts as time without a request).
+        let mut member = drain.enter();
+        let activity = member.close_when_idle(settings.header_read_timeout);
         match &tls {
             None => {
                 let info = ConnInfo {
@@ -88,6 +93,7 @@ pub async fn serve(
                     tls: false,
                     peer: None,
                     affinity: Default::default(),
+                    activity: Some(activity),
                 };
                 let gateway = Arc::clone(&gateway);
                 let service = service_fn(move |request| {
@@ -96,7 +102,7 @@ pub async fn serve(
                 });
                 let connection =
                     builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let watched = drain.enter().watch(connection);
+                let watched = member.watch(connection);
                 tokio::spawn(log_connection_end(watched).instrument(span));
             }
             Some(acceptor) => {
@@ -119,11 +125,11 @@ pub async fn serve(
                             tls: true,
                             peer: peer_cell.get().cloned(),
                             affinity: affinity.clone(),
+                            activity: Some(Arc::clone(&activity)),
                         };
                         async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
                     })
                 };
-                let member = drain.enter();
                 let handshake_timeout = settings.tls_handshake_timeout;
                 tokio::spawn(
                     async move {
@@ -172,8 +178,7 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // No `header_read_timeout`: `server::idle` does its job without a timer per request.
         // One flat buffer per write instead of hyper's queue of slices for writev: the typical
         // API response is a small head and body, and copying it once measured cheaper (callgrind
         // -2 % instructions per request, and less kernel time) than building iovecs.

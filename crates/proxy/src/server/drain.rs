@@ -14,19 +14,27 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::Notify;
 
+use super::idle::Activity;
+
 /// A served connection that can be asked to finish: hyper's connections (through
 /// `hyper_util`'s sealed `GracefulConnection`), and test doubles.
-pub trait Finish: Future {
+pub trait Finish: Future<Output = Result<(), Self::Error>> {
+    /// How serving can fail.
+    type Error;
+
     /// Finish the work in progress, take no more, close.
     fn finish(self: Pin<&mut Self>);
 }
 
 impl<C: GracefulConnection> Finish for C {
+    type Error = <C as GracefulConnection>::Error;
+
     fn finish(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -67,7 +75,7 @@ impl Drain {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let waker = Arc::new(AtomicWaker::new());
         self.shared.live().insert(id, Arc::clone(&waker));
-        Member { id, waker, shared: Arc::clone(&self.shared) }
+        Member { id, waker, shared: Arc::clone(&self.shared), idle: None }
     }
 
     /// Connections still being served.
@@ -101,9 +109,24 @@ pub struct Member {
     id: u64,
     waker: Arc<AtomicWaker>,
     shared: Arc<Shared>,
+    idle: Option<(Arc<Activity>, tokio::task::AbortHandle)>,
 }
 
 impl Member {
+    /// Closes the connection once it has had no request in flight for `timeout` (the
+    /// header-read timeout, see `idle`); its requests report to the returned [`Activity`].
+    pub fn close_when_idle(&mut self, timeout: Duration) -> Arc<Activity> {
+        let (activity, watchdog) = super::idle::watch(timeout, Arc::clone(&self.waker));
+        self.idle = Some((Arc::clone(&activity), watchdog));
+        activity
+    }
+
+    /// The idle watchdog fired: `Some(true)` when the connection is multiplexed (HTTP/2).
+    fn idle_expired(&self) -> Option<bool> {
+        let (activity, _) = self.idle.as_ref()?;
+        activity.expired().then(|| activity.multiplexed())
+    }
+
     /// Serves `connection` under the drain: it is asked to shut down gracefully once the drain
     /// starts.
     pub fn watch<C: Finish>(self, connection: C) -> Watched<C> {
@@ -113,6 +136,9 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
+        if let Some((_, watchdog)) = &self.idle {
+            watchdog.abort();
+        }
         let mut live = self.shared.live();
         live.remove(&self.id);
         if live.is_empty() {
@@ -136,10 +162,18 @@ impl<C: Finish> Future for Watched<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let expired = this.member.idle_expired();
+        if expired == Some(false) {
+            // HTTP/1 with no request in flight: at most part of a head has arrived, which a
+            // graceful shutdown would wait for. Dropping the connection closes it.
+            return Poll::Ready(Ok(()));
+        }
         if !*this.told {
-            // Registered before the flag is read: a drain that starts in between wakes us.
+            // Registered before the flags are read: a drain that starts in between, or the idle
+            // watchdog firing, wakes us.
             this.member.waker.register(cx.waker());
-            if this.member.shared.draining.load(Ordering::SeqCst) {
+            // HTTP/2 idle: GOAWAY, so streams that outlive their request (WebSocket) go on.
+            if this.member.shared.draining.load(Ordering::SeqCst) || expired.is_some() {
                 *this.told = true;
                 this.connection.as_mut().finish();
             }
@@ -168,6 +202,8 @@ mod tests {
     }
 
     impl Finish for Stub {
+        type Error = std::convert::Infallible;
+
         fn finish(self: Pin<&mut Self>) {
             self.told.store(true, Ordering::SeqCst);
         }
