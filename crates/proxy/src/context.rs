@@ -2,12 +2,12 @@
 //! (set by authorization and API-key checks) for throttles, quotas, the cache key, templates and
 //! the access log.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde_json::{Map, Value};
 
 /// Per-request state shared by the pipeline phases.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestContext {
     /// The authenticated caller (JWT `sub`, the external authorizer's `principalId`, the SigV4
     /// access key id, the mTLS subject), when a phase established one.
@@ -18,6 +18,21 @@ pub struct RequestContext {
     pub authorizer_context: Arc<Map<String, Value>>,
     /// A non-secret identifier of the API key used (never the key itself).
     pub api_key_id: Option<String>,
+}
+
+/// The empty claim and context maps every request starts with: shared, so that a request that
+/// never gets any does not allocate (and free) two maps.
+static EMPTY: LazyLock<Arc<Map<String, Value>>> = LazyLock::new(Arc::default);
+
+impl Default for RequestContext {
+    fn default() -> Self {
+        RequestContext {
+            principal: None,
+            claims: Arc::clone(&EMPTY),
+            authorizer_context: Arc::clone(&EMPTY),
+            api_key_id: None,
+        }
+    }
 }
 
 impl RequestContext {
