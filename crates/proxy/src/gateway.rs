@@ -520,7 +520,7 @@ mod tests {
         read.await.expect("answered in time").expect("read");
         assert!(answer.starts_with(b"HTTP/1.1 503"), "not configured yet: 503");
         let size = size.load(Ordering::SeqCst);
-        // About 6.3 KB now (the own upstream exchange added ~1 KB); the budget leaves room.
+        // 5,320 bytes now (session 6 passes the head down by reference); the budget leaves room.
         assert!(size > 0 && size <= 8 * 1024, "the request future is {size} bytes; box the new large await");
     }
 

@@ -98,9 +98,9 @@ fn forwarded_for(prior: Option<&HeaderValue>, client_ip: &HeaderValue) -> Option
 /// `traceparent` (see [`next_traceparent`]).
 ///
 /// They are kept out of the request's header map: the proxy's own HTTP/1.1 exchange writes them
-/// after the client's fields, which spares a hash-map insert per field on every request (the
-/// header map's hashing was the largest single cost of the request path after hyper's
-/// parser). hyper's client and WebSocket passthrough get them inserted ([`Forwarding::insert_into`]).
+/// after the client's fields, which spares a hash-map insert or lookup per field on every request
+/// (callgrind: ~1,400 instructions per request). hyper's client and WebSocket passthrough get them
+/// inserted ([`Forwarding::insert_into`]).
 #[derive(Debug)]
 pub struct Forwarding {
     fields: [(&'static HeaderName, Option<HeaderValue>); 5],

@@ -225,8 +225,9 @@ impl Pool {
 
     /// [`Pool::send_with`] for a head the caller keeps, plus the gateway's `added` fields: a
     /// body-less request is written from `parts` as they are; a request with a body takes them
-    /// for hyper's client (a copy when `keep` says another attempt may need them). Borrowing instead of moving keeps the head out
-    /// of every future on the way (hyper moves a request's future whole; see `gateway`).
+    /// for hyper's client (a copy when `keep` says another attempt may need them). Borrowing
+    /// instead of moving keeps the head out of every future on the way (hyper moves a request's
+    /// future whole; see `gateway`).
     pub async fn send_parts(
         &self,
         target: Target<'_>,
