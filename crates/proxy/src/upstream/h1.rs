@@ -23,6 +23,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -230,7 +232,12 @@ pub async fn exchange(
     // One scheduling round first, so that the writes of a round's requests go out back to back
     // after their reads: the upstream is then woken once for a batch instead of once per request
     // (measured: 0.05 instead of 0.22-0.31 upstream wake-ups per request, about HAProxy's 0.04).
-    tokio::task::yield_now().await;
+    // Only when there is something to batch with: a lone request (one client connection) would
+    // pay the round in latency for nothing.
+    let (_in_flight, others) = InFlight::enter();
+    if others > 0 {
+        tokio::task::yield_now().await;
+    }
     let written = write_all(&mut conn.io, &head).await;
     conn.head = head;
     written.map_err(H1Error::Write)?;
@@ -269,6 +276,28 @@ pub async fn exchange(
             return Err(if received == 0 { H1Error::ClosedBeforeResponse } else { H1Error::ClosedInHead });
         }
         received += read;
+    }
+}
+
+/// Exchanges in progress on this thread, from the write of the request head to its response
+/// head, counted while the guard lives. The count belongs to the thread that began the
+/// exchange, even if the task has moved on to another worker since.
+struct InFlight(Arc<AtomicUsize>);
+
+thread_local! {
+    static EXCHANGES: Arc<AtomicUsize> = Arc::default();
+}
+
+impl InFlight {
+    /// Counts one exchange in; returns the guard and how many others were in progress.
+    fn enter() -> (InFlight, usize) {
+        EXCHANGES.with(|count| (InFlight(Arc::clone(count)), count.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

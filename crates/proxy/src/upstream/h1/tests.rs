@@ -434,3 +434,14 @@ async fn an_idle_connection_reports_whether_it_can_be_reused() {
     };
     tokio::time::timeout(Duration::from_secs(5), unasked).await.expect("the unasked bytes are noticed");
 }
+
+#[test]
+fn exchanges_in_progress_are_counted_while_their_guards_live() {
+    let (first, before_first) = InFlight::enter();
+    let (second, before_second) = InFlight::enter();
+    assert_eq!(before_second, before_first + 1, "the second sees the first in progress");
+    drop(first);
+    drop(second);
+    let (_third, before_third) = InFlight::enter();
+    assert_eq!(before_third, before_first, "finished exchanges are counted out");
+}
