@@ -91,6 +91,7 @@ async fn access_log_has_one_json_line_per_request() {
     assert_eq!(line["route"], "shop/get-order");
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/orders/42");
+    assert_eq!(line["host"], "127.0.0.1", "the Host asked for, without its port");
     assert_eq!(line["status"], 200);
     assert_eq!(line["clientIp"], "127.0.0.1");
     assert!(line["durationMs"].as_f64().unwrap() >= 0.0);
@@ -102,4 +103,5 @@ async fn access_log_has_one_json_line_per_request() {
     let miss = g.wait_for_log(|l| l["requestId"] == "log-test-2").await;
     assert_eq!(miss["status"], 404);
     assert_eq!(miss["error"], "no_route");
+    assert_eq!(miss["host"], "127.0.0.1", "unmatched requests are logged with their host too");
 }

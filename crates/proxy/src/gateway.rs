@@ -209,6 +209,10 @@ impl Gateway {
         // A WebSocket upgrade (an HTTP/2 extended CONNECT is routed as the GET it stands for).
         let upgrade = crate::websocket::upgrade::requested(&mut parts);
         let host = request_host(&parts);
+        let mut record = record;
+        if let Some(record) = record.as_deref_mut() {
+            record.host.clone_from(&host);
+        }
         let path = match normalize_path(parts.uri.path()) {
             Ok(path) => path.into_owned(),
             Err(error) => {
@@ -240,7 +244,6 @@ impl Gateway {
         let Matched { policy, params, stage_path, managed } = matched;
         let metrics = Arc::clone(&policy.metrics);
         let log = policy.access_log;
-        let mut record = record;
         if let Some(record) = record.as_deref_mut() {
             record.api = Arc::clone(&policy.api);
             record.stage = Arc::clone(&policy.stage);
@@ -437,7 +440,7 @@ fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: &Conn
         time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         request_id: request_id.to_str().unwrap_or_default().to_string(),
         method: request.method().as_str().to_string(),
-        host: request_host_of(request.headers(), request.uri()),
+        // `host` is set by the pipeline, which computes it anyway.
         path: request.uri().path().chars().take(2048).collect(),
         protocol: match request.version() {
             http::Version::HTTP_2 => "HTTP/2",
