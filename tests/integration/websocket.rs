@@ -516,6 +516,32 @@ async fn passthrough_pipes_frames_and_closes_idle_connections() {
     assert!(g.wait_exit().await, "exits cleanly");
 }
 
+/// A WebSocket is a connection whose request is long done: the header-read timeout (which closes
+/// connections without a request in flight) must not end it, over HTTP/1.1 or HTTP/2.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_header_read_timeout_leaves_websockets_alone() {
+    let echo = echo_server().await;
+    let m = Manifests::new();
+    let route =
+        format!("  match: {{methods: [GET], path: /open}}\n  integration: {{url: \"http://{echo}\"}}\n");
+    m.write(
+        "api.yaml",
+        &format!("{}---\n{}", simple_api("t", "live"), route_yaml("t", "open", "live", &route)),
+    );
+    let g = Tollgate::start_with(m.path(), &["--header-read-timeout", "1s"]).await;
+    let mut h1 = open(&format!("ws://{}/open", g.http), None).await.unwrap();
+    let mut h2 = open_h2(g.http, "/open").await;
+    // Silent for well over the timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    h1.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_text(&mut h1).await, "still here");
+    h2.send(Message::text("over h2")).await.unwrap();
+    match tokio::time::timeout(STEP, h2.next()).await.unwrap() {
+        Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "over h2"),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+}
+
 /// Memory benchmark (run by hand, see docs/benchmarks.md): 10,000 idle managed connections on
 /// one proxy; prints the proxy's resident memory before and after.
 /// `ulimit -n 65536; cargo test --release --test integration websocket::memory -- --ignored --nocapture`
