@@ -121,10 +121,21 @@ impl Member {
         activity
     }
 
-    /// The idle watchdog fired: `Some(true)` when the connection is multiplexed (HTTP/2).
+    /// The idle watchdog fired: `Some(true)` when the connection is multiplexed (HTTP/2). An
+    /// HTTP/1 expiry that a request overtook is taken back.
     fn idle_expired(&self) -> Option<bool> {
         let (activity, _) = self.idle.as_ref()?;
-        activity.expired().then(|| activity.multiplexed())
+        if !activity.expired() {
+            return None;
+        }
+        if activity.multiplexed() {
+            return Some(true);
+        }
+        if activity.busy() {
+            activity.overtaken();
+            return None;
+        }
+        Some(false)
     }
 
     /// Serves `connection` under the drain: it is asked to shut down gracefully once the drain

@@ -60,6 +60,17 @@ impl Activity {
         self.expired.load(Ordering::Acquire)
     }
 
+    /// Whether a request is in flight now. A request may begin between the watchdog's look and
+    /// the connection's reaction to it: such a connection is not idle after all.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Takes back an expiry a request overtook; the watchdog looks again a timeout later.
+    pub fn overtaken(&self) {
+        self.expired.store(false, Ordering::Release);
+    }
+
     fn idle_since(&self) -> Instant {
         self.epoch + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
     }
@@ -97,7 +108,10 @@ pub fn watch(timeout: Duration, connection: Arc<AtomicWaker>) -> (Arc<Activity>,
             if now >= expires {
                 watched.expired.store(true, Ordering::Release);
                 connection.wake();
-                return;
+                // The connection normally ends now (and aborts this task); if a request overtook
+                // the expiry, look again a timeout later.
+                deadline = now + timeout;
+                continue;
             }
             deadline = expires;
         }
@@ -120,6 +134,22 @@ mod tests {
         assert!(!activity.expired());
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(activity.expired());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_a_request_overtook_is_taken_back_and_looked_at_again() {
+        let (activity, _task) = watched(Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(activity.expired());
+        // A request began just as the watchdog fired: the connection takes the expiry back.
+        let busy = activity.begin(http::Version::HTTP_11);
+        assert!(activity.busy());
+        activity.overtaken();
+        drop(busy);
+        tokio::time::sleep(Duration::from_secs(28)).await;
+        assert!(!activity.expired(), "idle for 28 s since that request");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(activity.expired(), "the watchdog kept watching");
     }
 
     #[tokio::test(start_paused = true)]
