@@ -674,51 +674,40 @@ impl TrafficState {
         response: Response<ProxyBody>,
         request_id: &str,
     ) -> Response<ProxyBody> {
-        match (&policy.cache, &state.cache_key) {
-            // Boxed: storing in the cache awaits the body and the cache; unboxed, that state
-            // would be part of every request's future (which hyper moves whole).
-            (Some(cache), Some(key)) => {
-                Box::pin(self.respond_cached(policy, cache, key, &state, response, request_id)).await
-            }
-            _ => {
-                let (mut head, body) = response.into_parts();
-                state.response_changes.apply(&mut head.headers);
-                self.decorate(policy, &state, &mut head.headers);
-                Response::from_parts(head, body)
-            }
-        }
-    }
-
-    async fn respond_cached(
-        &self,
-        policy: &RouteTraffic,
-        cache: &CacheRuntime,
-        key: &str,
-        state: &RequestState,
-        response: Response<ProxyBody>,
-        request_id: &str,
-    ) -> Response<ProxyBody> {
-        let (mut head, body) = response.into_parts();
+        let (mut head, mut body) = response.into_parts();
         state.response_changes.apply(&mut head.headers);
-        let mut body = body;
-        head.headers.insert(X_CACHE, HeaderValue::from_static("miss"));
-        let exact = http_body::Body::size_hint(&body).exact();
-        if cache::storable(head.status, &head.headers, exact, cache.cache.max_entry) {
-            match collect_limited(body, cache.cache.max_entry).await {
-                Ok(bytes) => {
-                    let mut stored = head.headers.clone();
-                    stored.remove(X_CACHE);
-                    cache.cache.put(key.to_string(), head.status, stored, bytes.clone(), cache.ttl).await;
-                    body = full(bytes);
-                }
-                Err(_) => {
-                    return crate::error::ProxyError::Upstream.into_response(request_id);
-                }
-            }
+        if let (Some(cache), Some(key)) = (&policy.cache, &state.cache_key) {
+            head.headers.insert(X_CACHE, HeaderValue::from_static("miss"));
+            // Boxed: storing awaits the body and the cache; unboxed, that state would be part of
+            // every request's future (which hyper moves whole).
+            body = match Box::pin(store(cache, key, &head, body)).await {
+                Ok(body) => body,
+                Err(()) => return crate::error::ProxyError::Upstream.into_response(request_id),
+            };
         }
-        self.decorate(policy, state, &mut head.headers);
+        self.decorate(policy, &state, &mut head.headers);
         Response::from_parts(head, body)
     }
+}
+
+/// Stores a storable response in the route's cache and returns its body, read into memory; any
+/// other response's body is returned as it is. `Err` when the body failed or outgrew the limit
+/// while being read.
+async fn store(
+    cache: &CacheRuntime,
+    key: &str,
+    head: &http::response::Parts,
+    body: ProxyBody,
+) -> Result<ProxyBody, ()> {
+    let exact = http_body::Body::size_hint(&body).exact();
+    if !cache::storable(head.status, &head.headers, exact, cache.cache.max_entry) {
+        return Ok(body);
+    }
+    let bytes = collect_limited(body, cache.cache.max_entry).await?;
+    let mut stored = head.headers.clone();
+    stored.remove(X_CACHE);
+    cache.cache.put(key.to_string(), head.status, stored, bytes.clone(), cache.ttl).await;
+    Ok(full(bytes))
 }
 
 /// Reads a response body of at most `limit` bytes.
