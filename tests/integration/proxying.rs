@@ -143,6 +143,24 @@ async fn slow_upstream_gets_504_within_the_route_timeout() {
     assert_eq!(fast.status(), StatusCode::OK);
 }
 
+/// The requests of one keep-alive connection share a route-timeout timer, left armed at an
+/// earlier request's deadline: each request must still get its whole timeout (300 ms here).
+#[tokio::test]
+async fn each_request_on_a_connection_gets_its_whole_route_timeout() {
+    let s = setup().await;
+    let one_connection = client();
+    let first = one_connection.get(s.gateway.url("/slow/1")).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    // The timer the first request left fires 150 ms into the second, which needs 200 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let second = one_connection.get(s.gateway.url("/slow/200")).send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK, "cut at an earlier request's deadline");
+    let started = std::time::Instant::now();
+    let stalled = one_connection.get(s.gateway.url("/slow/5000")).send().await.unwrap();
+    assert_eq!(stalled.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "not before the timeout");
+}
+
 #[tokio::test]
 async fn connect_failures_are_retried_when_the_route_says_so() {
     let s = setup().await;

@@ -13,6 +13,7 @@
 //! 6. response headers (`x-request-id`), then metrics and the access log when the body completes —
 //!    including for requests answered early.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +27,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::body::{ProxyBody, boxed, full};
 use crate::context::RequestContext;
 use crate::error::ProxyError;
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, ClientFields, X_REQUEST_ID};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::normalize_path;
 use crate::observe::{Completion, Observed};
@@ -48,6 +49,10 @@ pub struct ConnInfo {
     ///
     /// [`Affinity`]: crate::upstream::Affinity
     pub affinity: crate::upstream::Affinity,
+    /// The route-timeout timer its requests share (see [`TimerSlot`]).
+    ///
+    /// [`TimerSlot`]: crate::upstream::TimerSlot
+    pub route_timer: crate::upstream::TimerSlot,
     /// Where requests report to the connection's header-read timeout (none: no timeout).
     pub activity: Option<Arc<crate::server::Activity>>,
 }
@@ -154,24 +159,27 @@ impl Gateway {
         Arc::clone(&self.runtime)
     }
 
-    /// Serves one request.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    /// Serves one request. The body type is the observing wrapper itself (not boxed again):
+    /// one allocation per request fewer.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<Observed> {
         let start = Instant::now();
         // Until the response is done, the connection is not waiting for a request head.
         let busy = conn.activity.as_ref().map(|activity| activity.begin(request.version()));
-        let request_id = headers::request_id(request.headers());
+        let mut fields = ClientFields::read(request.headers());
+        let request_id = headers::request_id(fields.request_id.take().as_ref());
         let Some(runtime) = self.runtime.load_full() else {
             let mut response = ProxyError::NotReady.into_response(request_id.to_str().unwrap_or_default());
             response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-            return response;
+            return response.map(Observed::unobserved);
         };
         let mut record =
-            self.access_log.enabled().then(|| Box::new(new_record(&request, &request_id, &conn)));
+            self.access_log.enabled().then(|| Box::new(new_record(&request, &fields, &request_id, &conn)));
         let method = request.method().clone();
         // The canary track, once a canary stage assigned one (phase 3).
         let mut assigned = None;
+        let received = Received { request, fields };
         let (response, metrics, log) =
-            self.pipeline(&runtime, request, conn, &request_id, record.as_deref_mut(), &mut assigned).await;
+            self.pipeline(&runtime, received, conn, &request_id, record.as_deref_mut(), &mut assigned).await;
         let status = response.status().as_u16();
         let (mut parts, body) = response.into_parts();
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
@@ -191,30 +199,34 @@ impl Gateway {
             log: self.access_log.clone(),
             busy,
         };
-        Response::from_parts(parts, boxed(Observed::new(body, status, done)))
+        Response::from_parts(parts, Observed::new(body, status, done))
     }
 
     /// Phases 2–5. Returns the response, the metrics bucket it counts in, and whether to log it.
     async fn pipeline(
         self: &Arc<Self>,
         runtime: &Arc<Runtime>,
-        request: Request<Incoming>,
+        received: Received,
         conn: ConnInfo,
         request_id: &HeaderValue,
         record: Option<&mut Record>,
         assigned: &mut Option<crate::canary::Assignment>,
     ) -> (Response<ProxyBody>, Arc<RouteMetrics>, bool) {
         let id = request_id.to_str().unwrap_or_default();
+        let Received { request, fields } = received;
         let (mut parts, body) = request.into_parts();
         // A WebSocket upgrade (an HTTP/2 extended CONNECT is routed as the GET it stands for).
-        let upgrade = crate::websocket::upgrade::requested(&mut parts);
-        let host = request_host(&parts);
+        let upgrade = crate::websocket::upgrade::requested(&mut parts, fields.websocket_key);
+        // Host and path are borrowed from a copy of the client's URI and `Host` value (reference
+        // counts, no allocation): `parts` is changed further on.
+        let client_uri = parts.uri.clone();
+        let host = request_host(&client_uri, fields.host.as_ref());
         let mut record = record;
         if let Some(record) = record.as_deref_mut() {
-            record.host.clone_from(&host);
+            host.as_ref().clone_into(&mut record.host);
         }
-        let path = match normalize_path(parts.uri.path()) {
-            Ok(path) => path.into_owned(),
+        let path = match normalize_path(client_uri.path()) {
+            Ok(path) => path,
             Err(error) => {
                 return (ProxyError::BadPath(error).into_response(id), Arc::clone(&runtime.unmatched), true);
             }
@@ -248,9 +260,9 @@ impl Gateway {
             record.api = Arc::clone(&policy.api);
             record.stage = Arc::clone(&policy.stage);
             record.route = Arc::clone(&policy.route);
-            record.path = path.clone();
+            path.as_ref().clone_into(&mut record.path);
         }
-        if content_length(&parts.headers).is_some_and(|len| len > policy.max_body) {
+        if fields.content_length.is_some_and(|len| len > policy.max_body) {
             let error = ProxyError::PayloadTooLarge { limit: policy.max_body };
             return (fail(error, id, record), metrics, log);
         }
@@ -261,11 +273,13 @@ impl Gateway {
         }
         // Phases 6–7: CORS preflight, API and stage throttles.
         let traffic = &self.traffic;
-        let mut traffic_state =
-            match traffic.before_auth(&policy.traffic, &parts.method, &parts.headers, id).await {
-                Ok(state) => state,
-                Err(early) => return (answered(early, record, &context), metrics, log),
-            };
+        let mut traffic_state = match traffic
+            .before_auth(&policy.traffic, &parts.method, &parts.headers, origin(&parts, &fields), id)
+            .await
+        {
+            Ok(state) => state,
+            Err(early) => return (answered(early, record, &context), metrics, log),
+        };
         // Managed WebSocket connections carry the headers the authorizer sets: keep what the
         // client sent to tell them apart.
         let received = if managed.is_some() { parts.headers.clone() } else { http::HeaderMap::new() };
@@ -369,6 +383,7 @@ impl Gateway {
                 principal: context.principal.as_deref(),
                 affinity: None,
                 forwarding: None,
+                timer: None,
             };
             // Boxed, like `$connect` above: rare, and large.
             let forward = Box::pin(crate::websocket::passthrough::forward(
@@ -395,8 +410,9 @@ impl Gateway {
             principal: context.principal.as_deref(),
             affinity: Some(&conn.affinity),
             forwarding: Some(&forwarding),
+            timer: Some(&conn.route_timer),
         };
-        match self.client.send(policy, backend, &mut parts, &upstream_path, body, caller).await {
+        match self.client.send(policy, backend, &mut parts, upstream_path, body, caller).await {
             Ok(exchange) => {
                 metrics.observe_upstream(exchange.elapsed.as_secs_f64());
                 if let Some(record) = record {
@@ -411,6 +427,17 @@ impl Gateway {
             Err(error) => (fail(error, id, record), metrics, log),
         }
     }
+}
+
+/// A request, and the fields read off it once.
+struct Received {
+    request: Request<Incoming>,
+    fields: ClientFields,
+}
+
+/// The request's `Origin`, looked up only when the request has one.
+fn origin(parts: &http::request::Parts, fields: &ClientFields) -> Option<HeaderValue> {
+    if fields.origin { parts.headers.get(header::ORIGIN).cloned() } else { None }
 }
 
 /// A response a traffic phase gave (an error, or a cache hit), logged with the identity known.
@@ -434,7 +461,12 @@ fn fail(error: ProxyError, request_id: &str, record: Option<&mut Record>) -> Res
     error.into_response(request_id)
 }
 
-fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: &ConnInfo) -> Record {
+fn new_record(
+    request: &Request<Incoming>,
+    fields: &ClientFields,
+    request_id: &HeaderValue,
+    conn: &ConnInfo,
+) -> Record {
     let now = time::OffsetDateTime::now_utc();
     Record {
         time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
@@ -447,7 +479,7 @@ fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: &Conn
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
-        bytes_received: content_length(request.headers()).unwrap_or(0),
+        bytes_received: fields.content_length.unwrap_or(0),
         // Formatted once per connection already (formatting an address per request cost more
         // than the rest of the record).
         client_ip: conn.remote_ip_value.to_str().unwrap_or_default().to_string(),
@@ -455,25 +487,22 @@ fn new_record(request: &Request<Incoming>, request_id: &HeaderValue, conn: &Conn
     }
 }
 
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-/// The host the client asked for, lower-case, without port: the `Host` header, or the URI's
-/// authority (HTTP/2 `:authority`).
-fn request_host(parts: &http::request::Parts) -> String {
-    request_host_of(&parts.headers, &parts.uri)
-}
-
-fn request_host_of(headers: &http::HeaderMap, uri: &http::Uri) -> String {
-    let raw =
-        uri.host().or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or_default();
+/// The host the client asked for, lower-case, without port and trailing dot: the URI's authority
+/// (HTTP/2 `:authority`, an absolute-form target), or the `Host` field. Borrowed unless it had
+/// upper-case letters.
+fn request_host<'a>(uri: &'a http::Uri, host_field: Option<&'a HeaderValue>) -> Cow<'a, str> {
+    let raw = uri.host().or_else(|| host_field.and_then(|h| h.to_str().ok())).unwrap_or_default();
     let without_port = match raw.rsplit_once(':') {
         // An IPv6 literal keeps its brackets; a port follows the closing bracket.
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => host,
         _ => raw,
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
@@ -507,6 +536,7 @@ mod tests {
                     tls: false,
                     peer: None,
                     affinity: Default::default(),
+                    route_timer: Default::default(),
                     activity: None,
                 };
                 let future = Arc::clone(&gateway).handle(request, info);
@@ -529,14 +559,14 @@ mod tests {
 
     #[test]
     fn host_is_lowercased_without_port() {
-        let mut h = http::HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("API.Example.com:8443"));
-        assert_eq!(request_host_of(&h, &http::Uri::from_static("/x")), "api.example.com");
-        assert_eq!(
-            request_host_of(&http::HeaderMap::new(), &http::Uri::from_static("https://h2.example/x")),
-            "h2.example"
-        );
-        h.insert(header::HOST, HeaderValue::from_static("[::1]:80"));
-        assert_eq!(request_host_of(&h, &http::Uri::from_static("/x")), "[::1]");
+        let origin_form = http::Uri::from_static("/x");
+        let host = |value: &'static str| Some(HeaderValue::from_static(value));
+        assert_eq!(request_host(&origin_form, host("API.Example.com:8443").as_ref()), "api.example.com");
+        assert_eq!(request_host(&origin_form, host("api.example.com.").as_ref()), "api.example.com");
+        let h2 = http::Uri::from_static("https://H2.example/x");
+        assert_eq!(request_host(&h2, host("other.example").as_ref()), "h2.example", "authority first");
+        assert_eq!(request_host(&origin_form, host("[::1]:80").as_ref()), "[::1]");
+        assert_eq!(request_host(&origin_form, None), "");
+        assert!(matches!(request_host(&origin_form, host("a.example:80").as_ref()), Cow::Borrowed(_)));
     }
 }

@@ -1,6 +1,8 @@
 //! Header handling shared by every forwarded request: hop-by-hop removal, `X-Forwarded-*`,
 //! request ids and W3C trace context.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// `x-request-id`.
@@ -102,15 +104,21 @@ fn forwarded_for(prior: Option<&HeaderValue>, client_ip: &HeaderValue) -> Option
 /// (callgrind: ~1,400 instructions per request). hyper's client and WebSocket passthrough get them
 /// inserted ([`Forwarding::insert_into`]).
 #[derive(Debug)]
-pub struct Forwarding {
-    fields: [(&'static HeaderName, Option<HeaderValue>); 5],
+pub struct Forwarding<'a> {
+    /// The request id is borrowed: a clone of a value made for this request would allocate (its
+    /// buffer becomes shared on the first clone).
+    fields: [(&'static HeaderName, Option<Cow<'a, HeaderValue>>); 5],
 }
 
-impl Forwarding {
+impl<'a> Forwarding<'a> {
     /// Takes the client's own copies of these fields out of `headers` — folding in what they
     /// said: a prior `X-Forwarded-For` is extended, a valid `traceparent` continued (else
     /// `tracestate` goes too) — and makes the gateway's.
-    pub fn take(headers: &mut HeaderMap, client: &ClientContext<'_>, request_id: &HeaderValue) -> Forwarding {
+    pub fn take(
+        headers: &mut HeaderMap,
+        client: &ClientContext<'_>,
+        request_id: &'a HeaderValue,
+    ) -> Forwarding<'a> {
         // Most requests carry none of them: one pass over the few names present is cheaper than
         // six hash lookups.
         let sent = headers.keys().any(|name| SET_BY_GATEWAY.contains(&name) || name == TRACESTATE);
@@ -129,18 +137,18 @@ impl Forwarding {
         }
         Forwarding {
             fields: [
-                (&X_FORWARDED_FOR, forwarded_for(prior_for.as_ref(), client.client_ip)),
-                (&X_FORWARDED_PROTO, Some(HeaderValue::from_static(client.proto))),
-                (&X_FORWARDED_HOST, client.host.cloned()),
-                (&X_REQUEST_ID, Some(request_id.clone())),
-                (&TRACEPARENT, Some(traceparent)),
+                (&X_FORWARDED_FOR, forwarded_for(prior_for.as_ref(), client.client_ip).map(Cow::Owned)),
+                (&X_FORWARDED_PROTO, Some(Cow::Owned(HeaderValue::from_static(client.proto)))),
+                (&X_FORWARDED_HOST, client.host.cloned().map(Cow::Owned)),
+                (&X_REQUEST_ID, Some(Cow::Borrowed(request_id))),
+                (&TRACEPARENT, Some(Cow::Owned(traceparent))),
             ],
         }
     }
 
     /// The fields, in the order they are sent.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_ref()?)))
+        self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_deref()?)))
     }
 
     /// The value of field `name`, if the gateway sets it.
@@ -165,10 +173,57 @@ pub fn client_ip_value(ip: std::net::IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// The client's `x-request-id` when it is a sane token (1–128 characters of `[A-Za-z0-9._:-]`),
-/// otherwise a new UUID. Keeps hostile bytes out of logs and upstream headers.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&X_REQUEST_ID) {
+/// The client's fields the gateway reads for every request, found in one pass over the fields
+/// the request carries (five hash lookups cost more than one walk over a typical request's few
+/// fields). Values are the first of their field, as `HeaderMap::get` returns; fields most
+/// requests lack are only noted as present, and looked up when they are.
+#[derive(Debug, Default)]
+pub struct ClientFields {
+    /// `Host`.
+    pub host: Option<HeaderValue>,
+    /// `X-Request-Id`.
+    pub request_id: Option<HeaderValue>,
+    /// `Content-Length`, when it is a number.
+    pub content_length: Option<u64>,
+    /// `Origin` (CORS) is present.
+    pub origin: bool,
+    /// `Sec-WebSocket-Key` is present (every WebSocket upgrade request has it).
+    pub websocket_key: bool,
+}
+
+impl ClientFields {
+    /// Reads the fields off `headers`.
+    pub fn read(headers: &HeaderMap) -> ClientFields {
+        let (mut host, mut request_id, mut content_length) = (None, None, None);
+        let (mut origin, mut websocket_key) = (false, false);
+        for (name, value) in headers {
+            let first = if name == header::HOST {
+                &mut host
+            } else if name == header::CONTENT_LENGTH {
+                &mut content_length
+            } else if name == X_REQUEST_ID {
+                &mut request_id
+            } else {
+                origin |= name == header::ORIGIN;
+                websocket_key |= name == header::SEC_WEBSOCKET_KEY;
+                continue;
+            };
+            first.get_or_insert(value);
+        }
+        ClientFields {
+            host: host.cloned(),
+            request_id: request_id.cloned(),
+            content_length: content_length.and_then(|value: &HeaderValue| value.to_str().ok()?.parse().ok()),
+            origin,
+            websocket_key,
+        }
+    }
+}
+
+/// The client's `x-request-id` (`sent`) when it is a sane token (1–128 characters of
+/// `[A-Za-z0-9._:-]`), otherwise a new UUID. Keeps hostile bytes out of logs and upstream headers.
+pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(value) = sent {
         let bytes = value.as_bytes();
         if !bytes.is_empty()
             && bytes.len() <= 128
@@ -282,11 +337,34 @@ mod tests {
 
     #[test]
     fn request_id_is_kept_only_when_sane() {
-        assert_eq!(request_id(&map(&[("x-request-id", "abc-123")])), "abc-123");
-        let replaced = request_id(&map(&[("x-request-id", "bad id\"{}")]));
+        let sent = |pairs| ClientFields::read(&map(pairs)).request_id;
+        assert_eq!(request_id(sent(&[("x-request-id", "abc-123")]).as_ref()), "abc-123");
+        let replaced = request_id(sent(&[("x-request-id", "bad id\"{}")]).as_ref());
         assert_ne!(replaced, "bad id\"{}");
         assert_eq!(replaced.len(), 36);
-        assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+        assert_eq!(request_id(None).len(), 36);
+    }
+
+    #[test]
+    fn client_fields_are_the_first_values_of_their_fields() {
+        let fields = ClientFields::read(&map(&[
+            ("Host", "api.example.com"),
+            ("content-length", "12"),
+            ("x-other", "1"),
+            ("host", "second.example.com"),
+            ("X-Request-Id", "first"),
+            ("x-request-id", "second"),
+            ("origin", "https://app.example"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]));
+        assert_eq!(fields.host.as_ref().map(HeaderValue::as_bytes), Some(&b"api.example.com"[..]));
+        assert_eq!(fields.request_id.as_ref().map(HeaderValue::as_bytes), Some(&b"first"[..]));
+        assert_eq!(fields.content_length, Some(12));
+        assert!(fields.origin && fields.websocket_key);
+        let none = ClientFields::read(&map(&[("content-length", "twelve"), ("x-other", "1")]));
+        assert!(none.host.is_none() && none.request_id.is_none());
+        assert!(!none.origin && !none.websocket_key);
+        assert_eq!(none.content_length, None, "not a number");
     }
 
     /// Every field the gateway sets, from a request that sent its own copies of all of them.
@@ -295,7 +373,8 @@ mod tests {
         let ip = client_ip_value([127, 0, 0, 1].into());
         let host = HeaderValue::from_static("api.example");
         let client = ClientContext { client_ip: &ip, proto: "https", host: Some(&host) };
-        let forwarding = Forwarding::take(&mut h, &client, &HeaderValue::from_static("req-1"));
+        let request_id = HeaderValue::from_static("req-1");
+        let forwarding = Forwarding::take(&mut h, &client, &request_id);
         let mut added = HeaderMap::new();
         forwarding.insert_into(&mut added);
         assert_eq!(forwarding.get("X-Request-Id").map(|v| v.as_bytes()), Some(&b"req-1"[..]));

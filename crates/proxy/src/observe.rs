@@ -67,6 +67,11 @@ impl Observed {
     pub fn new(inner: ProxyBody, status: u16, done: Completion) -> Observed {
         Observed { inner, status, bytes: 0, done: Some(done) }
     }
+
+    /// Wraps `inner` with nothing to record (a response before any configuration is loaded).
+    pub fn unobserved(inner: ProxyBody) -> Observed {
+        Observed { inner, status: 0, bytes: 0, done: None }
+    }
 }
 
 impl Body for Observed {

@@ -93,6 +93,7 @@ pub async fn serve(
                     tls: false,
                     peer: None,
                     affinity: Default::default(),
+                    route_timer: Default::default(),
                     activity: Some(activity),
                 };
                 let gateway = Arc::clone(&gateway);
@@ -116,6 +117,7 @@ pub async fn serve(
                     let gateway = Arc::clone(&gateway);
                     let peer_cell = Arc::clone(&peer_cell);
                     let affinity = crate::upstream::Affinity::default();
+                    let route_timer = crate::upstream::TimerSlot::default();
                     let remote_ip_value = crate::headers::client_ip_value(remote.ip());
                     service_fn(move |request| {
                         let gateway = Arc::clone(&gateway);
@@ -125,6 +127,7 @@ pub async fn serve(
                             tls: true,
                             peer: peer_cell.get().cloned(),
                             affinity: affinity.clone(),
+                            route_timer: route_timer.clone(),
                             activity: Some(Arc::clone(&activity)),
                         };
                         async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }

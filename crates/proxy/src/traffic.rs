@@ -412,16 +412,17 @@ impl TrafficState {
         usage::report(&self.quotas, index.get(plan)?, plan).await
     }
 
-    /// Phases 6 (CORS preflight) and 7 (API and stage throttles).
+    /// Phases 6 (CORS preflight) and 7 (API and stage throttles). `origin`: the request's
+    /// `Origin` field.
     pub async fn before_auth(
         &self,
         policy: &RouteTraffic,
         method: &Method,
         headers: &HeaderMap,
+        origin: Option<HeaderValue>,
         request_id: &str,
     ) -> Result<RequestState, Early> {
-        let mut state =
-            RequestState { origin: headers.get(header::ORIGIN).cloned(), ..RequestState::default() };
+        let mut state = RequestState { origin, ..RequestState::default() };
         if let Some(cors) = &policy.cors
             && cors::preflight_method(method, headers).is_some()
         {

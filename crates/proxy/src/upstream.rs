@@ -17,6 +17,7 @@ use crate::runtime::RoutePolicy;
 
 mod backend;
 pub mod balance;
+mod deadline;
 mod h1;
 pub mod outlier;
 mod pool;
@@ -25,6 +26,7 @@ mod resolve;
 pub use backend::{
     BackendBuilder, BackendRegistry, BackendRuntime, Caller, InFlight, TlsProfile, TlsSetup, UpstreamMetrics,
 };
+pub use deadline::TimerSlot;
 pub use pool::{Affinity, Keep, Pool, PoolError, PoolSettings, PooledBody, Target};
 pub use resolve::ResolveError;
 
@@ -123,7 +125,7 @@ impl UpstreamClient {
         policy: &RoutePolicy,
         backend: &BackendRuntime,
         parts: &mut http::request::Parts,
-        path_and_query: &str,
+        path_and_query: String,
         body: RequestBody,
         caller: Caller<'_>,
     ) -> Result<Exchange, ProxyError> {
@@ -131,6 +133,7 @@ impl UpstreamClient {
         let deadline = started + policy.timeout;
         let timeout_ms = u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX);
         let retries = &policy.retries;
+        // Taken by value: the URI keeps the string's buffer instead of copying it.
         parts.uri = Uri::try_from(path_and_query).map_err(|_| ProxyError::Internal)?;
         // Endpoint authority and scheme travel separately: the request line stays origin-form.
         parts.version = http::Version::HTTP_11;
@@ -146,7 +149,7 @@ impl UpstreamClient {
                 return Err(ProxyError::Upstream);
             }
         };
-        let endpoints = match tokio::time::timeout_at(deadline, backend.endpoints()).await {
+        let endpoints = match deadline::within(deadline, caller.timer, backend.endpoints()).await {
             Err(_elapsed) => {
                 policy.metrics.upstream_error("timeout");
                 return Err(ProxyError::UpstreamTimeout { timeout_ms });
@@ -158,8 +161,7 @@ impl UpstreamClient {
             }
             Ok(Ok(endpoints)) => endpoints,
         };
-        let query = path_and_query.split_once('?').map(|(_, q)| q);
-        let hash_key = backend.hash_key(&parts.headers, query, caller);
+        let hash_key = backend.hash_key(&parts.headers, parts.uri.query(), caller);
         let mut body = Some(body);
         let mut attempt = 0;
         let mut avoid: Option<http::uri::Authority> = None;
@@ -188,10 +190,11 @@ impl UpstreamClient {
             };
             // The head is copied only when another attempt may need it.
             let keep = if can_retry { Keep::Yes } else { Keep::No };
-            // Built inside `timeout_at`'s argument: a future bound to a local first keeps a
-            // second slot of its size in this function's state.
-            let sent = tokio::time::timeout_at(
+            // Built inside `within`'s argument: a future bound to a local first keeps a second
+            // slot of its size in this function's state.
+            let sent = deadline::within(
                 deadline,
+                caller.timer,
                 self.pool.send_parts(target, parts, caller.forwarding, this_body, keep),
             );
             match sent.await {

@@ -277,7 +277,9 @@ pub struct Caller<'a> {
     /// The client connection's upstream connection affinity, if it has one.
     pub affinity: Option<&'a super::Affinity>,
     /// The fields the gateway adds to the request, when kept out of its header map.
-    pub forwarding: Option<&'a crate::headers::Forwarding>,
+    pub forwarding: Option<&'a crate::headers::Forwarding<'a>>,
+    /// The client connection's route-timeout timer, if it keeps one between requests.
+    pub timer: Option<&'a super::TimerSlot>,
 }
 
 /// An upstream with its endpoints, balancing policy and outlier detection.
@@ -473,6 +475,7 @@ mod tests {
             principal: None,
             affinity: None,
             forwarding: None,
+            timer: None,
         };
         let mut headers = HeaderMap::new();
         assert_eq!(b.hash_key(&headers, None, caller), None);

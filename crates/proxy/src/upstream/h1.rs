@@ -223,7 +223,7 @@ enum Framing {
 pub async fn exchange(
     conn: &mut Conn,
     request: &http::request::Parts,
-    added: Option<&Forwarding>,
+    added: Option<&Forwarding<'_>>,
     head_request: bool,
 ) -> Result<ResponseHead, H1Error> {
     let mut head = std::mem::take(&mut conn.head);
@@ -313,7 +313,7 @@ async fn write_all(io: &mut Io, bytes: &[u8]) -> io::Result<()> {
 /// `METHOD target HTTP/1.1`, the fields as they are (names are lower case in a `HeaderMap`),
 /// then the gateway's `added` fields, and the blank line. `http` types cannot hold CR or LF in
 /// any of these.
-fn encode_request_head(request: &http::request::Parts, added: Option<&Forwarding>, out: &mut Vec<u8>) {
+fn encode_request_head(request: &http::request::Parts, added: Option<&Forwarding<'_>>, out: &mut Vec<u8>) {
     let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
     out.reserve(64 + target.len() + (request.headers.len() + 5) * 48);
     out.extend_from_slice(request.method.as_str().as_bytes());

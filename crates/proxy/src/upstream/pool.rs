@@ -232,7 +232,7 @@ impl Pool {
         &self,
         target: Target<'_>,
         parts: &mut http::request::Parts,
-        added: Option<&Forwarding>,
+        added: Option<&Forwarding<'_>>,
         body: ProxyBody,
         keep: Keep,
     ) -> Result<Response<PooledBody>, PoolError> {
@@ -284,7 +284,7 @@ impl Pool {
         tls: Option<&super::backend::TlsProfile>,
         taken: Option<h1::Conn>,
         parts: &http::request::Parts,
-        added: Option<&Forwarding>,
+        added: Option<&Forwarding<'_>>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let head_request = parts.method == http::Method::HEAD;
         let failed = |source| PoolError::Exchange { endpoint: give_back.key.authority.to_string(), source };

@@ -124,8 +124,9 @@ pub async fn invoke(client: &UpstreamClient, call: Invocation<'_>) -> Result<Ans
         principal: call.principal,
         affinity: None,
         forwarding: None,
+        timer: None,
     };
-    let exchange = client.send(policy, backend, &mut parts, &path, body, caller).await?;
+    let exchange = client.send(policy, backend, &mut parts, path, body, caller).await?;
     let (head, body) = exchange.response.into_parts();
     let limit = usize::try_from(call.max_response).unwrap_or(usize::MAX);
     let body = match Limited::new(body, limit).collect().await {

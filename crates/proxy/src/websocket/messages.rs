@@ -47,7 +47,7 @@ pub(super) async fn on_message(
     connection: &ConnectionId,
     message: Message,
 ) -> Option<Message> {
-    let request_id = crate::headers::request_id(&HeaderMap::new());
+    let request_id = crate::headers::request_id(None);
     let selected = stage.select(&message);
     let Some(policy) = selected.policy else {
         let wanted = stage.wanted_key(&message);
@@ -127,7 +127,15 @@ async fn admit_message(
     }
     let (mut parts, ()) = request.into_parts();
     let traffic = gateway.traffic();
-    let mut state = traffic.before_auth(&policy.traffic, &Method::POST, &parts.headers, id).await?;
+    let mut state = traffic
+        .before_auth(
+            &policy.traffic,
+            &Method::POST,
+            &parts.headers,
+            parts.headers.get(http::header::ORIGIN).cloned(),
+            id,
+        )
+        .await?;
     let mut context = caller.context();
     let facts = crate::traffic::RequestFacts {
         request_id: id,
@@ -163,7 +171,7 @@ pub(super) async fn disconnect(
     connection: &ConnectionId,
     reason: &'static str,
 ) {
-    let request_id = crate::headers::request_id(&HeaderMap::new());
+    let request_id = crate::headers::request_id(None);
     let Some(policy) = stage.disconnect() else {
         let mut record = new_record(gateway, None, DISCONNECT, connection, caller, &request_id);
         if let Some(record) = record.as_mut() {

@@ -29,9 +29,10 @@ pub enum Upgrade {
     Http2,
 }
 
-/// The upgrade `parts` asks for, if any. An HTTP/2 extended CONNECT is turned into a `GET` here
-/// so that it is routed like the HTTP/1.1 request it stands for.
-pub fn requested(parts: &mut http::request::Parts) -> Option<Upgrade> {
+/// The upgrade `parts` asks for, if any; `key_sent`: it has a `Sec-WebSocket-Key` (see
+/// [`crate::headers::ClientFields`]). An HTTP/2 extended CONNECT is turned into a `GET` here so
+/// that it is routed like the HTTP/1.1 request it stands for.
+pub fn requested(parts: &mut http::request::Parts, key_sent: bool) -> Option<Upgrade> {
     if parts.method == Method::CONNECT
         && parts
             .extensions
@@ -44,7 +45,10 @@ pub fn requested(parts: &mut http::request::Parts) -> Option<Upgrade> {
     if parts.method != Method::GET || parts.version != http::Version::HTTP_11 {
         return None;
     }
-    // The key first: one lookup settles it for the plain requests that are nearly all traffic.
+    // The key first: it settles it for the plain requests that are nearly all traffic.
+    if !key_sent {
+        return None;
+    }
     let key = parts.headers.get(&SEC_WEBSOCKET_KEY)?;
     let upgrade = has_token(&parts.headers, &header::UPGRADE, "websocket");
     let connection = has_token(&parts.headers, &header::CONNECTION, "upgrade");
@@ -100,14 +104,20 @@ mod tests {
         builder.body(()).unwrap_or_default().into_parts().0
     }
 
+    fn asked(method: Method, headers: &[(&str, &str)]) -> Option<Upgrade> {
+        let mut parts = parts(method, headers);
+        let fields = crate::headers::ClientFields::read(&parts.headers);
+        requested(&mut parts, fields.websocket_key)
+    }
+
     #[test]
     fn http1_upgrade_needs_upgrade_connection_and_key() {
         let full =
             [("upgrade", "WebSocket"), ("connection", "keep-alive, Upgrade"), ("sec-websocket-key", "k")];
-        assert!(matches!(requested(&mut parts(Method::GET, &full)), Some(Upgrade::Http1 { .. })));
-        assert!(requested(&mut parts(Method::POST, &full)).is_none());
-        assert!(requested(&mut parts(Method::GET, &full[..2])).is_none());
-        assert!(requested(&mut parts(Method::GET, &full[1..])).is_none());
+        assert!(matches!(asked(Method::GET, &full), Some(Upgrade::Http1 { .. })));
+        assert!(asked(Method::POST, &full).is_none());
+        assert!(asked(Method::GET, &full[..2]).is_none());
+        assert!(asked(Method::GET, &full[1..]).is_none());
     }
 
     #[test]
