@@ -140,6 +140,38 @@ async fn clients_slow_to_send_a_head_and_idle_keep_alive_connections_are_closed(
     }
 }
 
+/// A client may close its sending side once its request is out (`shutdown(SHUT_WR)`, as
+/// `nc -N` does): it still gets the response, here one that takes 300 ms.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (g, _backend, _m) = with_header_read_timeout().await;
+    let mut stream = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    stream.write_all(b"GET /delay/300 HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await.expect("answered in time").unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// A client that goes away while its request is in flight: the request runs to its response
+/// (HAProxy's default too) and is logged and counted when the response cannot be delivered.
+#[tokio::test]
+async fn a_request_whose_client_went_away_is_still_logged() {
+    use tokio::io::AsyncWriteExt;
+    let (g, backend, _m) = with_header_read_timeout().await;
+    let mut stream = tokio::net::TcpStream::connect(g.http).await.unwrap();
+    stream.write_all(b"GET /delay/300 HTTP/1.1\r\nHost: t\r\nX-Request-Id: gone-1\r\n\r\n").await.unwrap();
+    // Gone once the gateway has read the request.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(stream);
+    let line = g.wait_for_log(|l| l["requestId"] == "gone-1").await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["route"], "t/slow");
+    assert_eq!(backend.hits(), 1);
+}
+
 #[tokio::test]
 async fn the_header_read_timeout_does_not_cut_slow_responses_or_busy_connections() {
     let (g, _backend, _m) = with_header_read_timeout().await;
