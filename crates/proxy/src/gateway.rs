@@ -165,7 +165,9 @@ impl Gateway {
         let start = Instant::now();
         // Until the response is done, the connection is not waiting for a request head.
         let busy = conn.activity.as_ref().map(|activity| activity.begin(request.version()));
-        let mut fields = ClientFields::read(request.headers());
+        // The head stays here and goes down by reference (see `Received`).
+        let (mut parts, body) = request.into_parts();
+        let mut fields = ClientFields::read(&parts.headers);
         let request_id = headers::request_id(fields.request_id.take().as_ref());
         let Some(runtime) = self.runtime.load_full() else {
             let mut response = ProxyError::NotReady.into_response(request_id.to_str().unwrap_or_default());
@@ -173,13 +175,13 @@ impl Gateway {
             return response.map(Observed::unobserved);
         };
         let mut record =
-            self.access_log.enabled().then(|| Box::new(new_record(&request, &fields, &request_id, &conn)));
-        let method = request.method().clone();
+            self.access_log.enabled().then(|| Box::new(new_record(&parts, &fields, &request_id, &conn)));
+        let method = parts.method.clone();
         // The canary track, once a canary stage assigned one (phase 3).
         let mut assigned = None;
-        let received = Received { request, fields };
+        let received = Received { parts: &mut parts, body, fields: &fields, conn: &conn };
         let (response, metrics, log) =
-            self.pipeline(&runtime, received, conn, &request_id, record.as_deref_mut(), &mut assigned).await;
+            self.pipeline(&runtime, received, &request_id, record.as_deref_mut(), &mut assigned).await;
         let status = response.status().as_u16();
         let (mut parts, body) = response.into_parts();
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
@@ -206,17 +208,15 @@ impl Gateway {
     async fn pipeline(
         self: &Arc<Self>,
         runtime: &Arc<Runtime>,
-        received: Received,
-        conn: ConnInfo,
+        received: Received<'_>,
         request_id: &HeaderValue,
         record: Option<&mut Record>,
         assigned: &mut Option<crate::canary::Assignment>,
     ) -> (Response<ProxyBody>, Arc<RouteMetrics>, bool) {
         let id = request_id.to_str().unwrap_or_default();
-        let Received { request, fields } = received;
-        let (mut parts, body) = request.into_parts();
+        let Received { parts, body, fields, conn } = received;
         // A WebSocket upgrade (an HTTP/2 extended CONNECT is routed as the GET it stands for).
-        let upgrade = crate::websocket::upgrade::requested(&mut parts, fields.websocket_key);
+        let upgrade = crate::websocket::upgrade::requested(parts, fields.websocket_key);
         // Host and path are borrowed from a copy of the client's URI and `Host` value (reference
         // counts, no allocation): `parts` is changed further on.
         let client_uri = parts.uri.clone();
@@ -268,13 +268,13 @@ impl Gateway {
         }
         let mut context = RequestContext::default();
         // Phase 5: resource policy (source address, trusted proxies) and the mTLS requirement.
-        if let Err(error) = crate::auth::admit(policy, &parts.headers, &conn, &mut context) {
+        if let Err(error) = crate::auth::admit(policy, &parts.headers, conn, &mut context) {
             return (fail(error, id, record), metrics, log);
         }
         // Phases 6–7: CORS preflight, API and stage throttles.
         let traffic = &self.traffic;
         let mut traffic_state = match traffic
-            .before_auth(&policy.traffic, &parts.method, &parts.headers, origin(&parts, &fields), id)
+            .before_auth(&policy.traffic, &parts.method, &parts.headers, origin(parts, fields), id)
             .await
         {
             Ok(state) => state,
@@ -285,7 +285,7 @@ impl Gateway {
         let received = if managed.is_some() { parts.headers.clone() } else { http::HeaderMap::new() };
         // Phase 8: authorization (JWT, external authorizer, SigV4); identity into `context`.
         let auth_request =
-            crate::auth::Request { parts: &mut parts, body, conn: &conn, path: &path, request_id: id };
+            crate::auth::Request { parts: &mut *parts, body, conn, path: &path, request_id: id };
         let body = match crate::auth::authorize(policy, auth_request, &mut context).await {
             Ok(body) => body,
             // A caller can be identified and still refused (a missing scope): log who it was.
@@ -306,7 +306,7 @@ impl Gateway {
             max_body: policy.max_body,
         };
         let body = match traffic
-            .after_auth(&policy.traffic, &mut traffic_state, &mut parts, body, &params, &mut context, facts)
+            .after_auth(&policy.traffic, &mut traffic_state, parts, body, &params, &mut context, facts)
             .await
         {
             Ok(body) => body,
@@ -323,10 +323,10 @@ impl Gateway {
                 policy,
                 stage,
                 upgrade,
-                parts,
+                parts: take_head(parts),
                 received: &received,
                 context: &context,
-                conn: &conn,
+                conn,
                 request_id,
                 host: &host,
                 path: &path,
@@ -391,7 +391,7 @@ impl Gateway {
                 policy,
                 backend,
                 upgrade,
-                parts,
+                take_head(parts),
                 &upstream_path,
                 caller,
             ));
@@ -412,7 +412,7 @@ impl Gateway {
             forwarding: Some(&forwarding),
             timer: Some(&conn.route_timer),
         };
-        match self.client.send(policy, backend, &mut parts, upstream_path, body, caller).await {
+        match self.client.send(policy, backend, parts, upstream_path, body, caller).await {
             Ok(exchange) => {
                 metrics.observe_upstream(exchange.elapsed.as_secs_f64());
                 if let Some(record) = record {
@@ -429,15 +429,24 @@ impl Gateway {
     }
 }
 
-/// A request, and the fields read off it once.
-struct Received {
-    request: Request<Incoming>,
-    fields: ClientFields,
+/// A request as the pipeline takes it. The head, the fields read off it and the connection are
+/// borrowed from the handler: an async function keeps each argument it takes by value twice in
+/// its future (the argument and its binding), and hyper copies the request's future whole.
+struct Received<'a> {
+    parts: &'a mut http::request::Parts,
+    body: Incoming,
+    fields: &'a ClientFields,
+    conn: &'a ConnInfo,
 }
 
 /// The request's `Origin`, looked up only when the request has one.
 fn origin(parts: &http::request::Parts, fields: &ClientFields) -> Option<HeaderValue> {
     if fields.origin { parts.headers.get(header::ORIGIN).cloned() } else { None }
+}
+
+/// The request head, for the rare paths that take it (WebSocket upgrades), leaving an empty one.
+fn take_head(parts: &mut http::request::Parts) -> http::request::Parts {
+    std::mem::replace(parts, Request::new(()).into_parts().0)
 }
 
 /// A response a traffic phase gave (an error, or a cache hit), logged with the identity known.
@@ -462,7 +471,7 @@ fn fail(error: ProxyError, request_id: &str, record: Option<&mut Record>) -> Res
 }
 
 fn new_record(
-    request: &Request<Incoming>,
+    request: &http::request::Parts,
     fields: &ClientFields,
     request_id: &HeaderValue,
     conn: &ConnInfo,
@@ -471,10 +480,10 @@ fn new_record(
     Record {
         time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         request_id: request_id.to_str().unwrap_or_default().to_string(),
-        method: request.method().as_str().to_string(),
+        method: request.method.as_str().to_string(),
         // `host` is set by the pipeline, which computes it anyway.
-        path: request.uri().path().chars().take(2048).collect(),
-        protocol: match request.version() {
+        path: request.uri.path().chars().take(2048).collect(),
+        protocol: match request.version {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
@@ -492,12 +501,22 @@ fn new_record(
 /// upper-case letters.
 fn request_host<'a>(uri: &'a http::Uri, host_field: Option<&'a HeaderValue>) -> Cow<'a, str> {
     let raw = uri.host().or_else(|| host_field.and_then(|h| h.to_str().ok())).unwrap_or_default();
-    let without_port = match raw.rsplit_once(':') {
-        // An IPv6 literal keeps its brackets; a port follows the closing bracket.
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => host,
-        _ => raw,
-    };
-    let host = without_port.trim_end_matches('.');
+    // One pass from the end: the port's digits, then its colon — unless the colon belongs to a
+    // bare IPv6 address (`::1`); a bracketed one (`[::1]:80`) keeps its brackets.
+    let bytes = raw.as_bytes();
+    let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let mut end = bytes.len();
+    if let [.., before, b':'] = &bytes[..end - digits]
+        && *before != b':'
+    {
+        end -= digits + 1;
+    } else if bytes.len() - digits == 1 && bytes[0] == b':' {
+        end = 0;
+    }
+    while end > 0 && bytes[end - 1] == b'.' {
+        end -= 1;
+    }
+    let host = &raw[..end];
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -567,6 +586,19 @@ mod tests {
         assert_eq!(request_host(&h2, host("other.example").as_ref()), "h2.example", "authority first");
         assert_eq!(request_host(&origin_form, host("[::1]:80").as_ref()), "[::1]");
         assert_eq!(request_host(&origin_form, None), "");
+        for (sent, host) in [
+            ("example.com:", "example.com"),
+            ("a:b:80", "a:b"),
+            ("::1", "::1"),
+            (":80", ""),
+            ("123", "123"),
+            ("host.:8080", "host"),
+            ("[::1]", "[::1]"),
+            ("x:8a", "x:8a"),
+        ] {
+            let value = HeaderValue::from_static(sent);
+            assert_eq!(request_host(&origin_form, Some(&value)), host, "{sent}");
+        }
         assert!(matches!(request_host(&origin_form, host("a.example:80").as_ref()), Cow::Borrowed(_)));
     }
 }
