@@ -10,8 +10,11 @@ use serde::Serialize;
 
 use crate::metrics::Metrics;
 
+mod line;
+
 /// One access-log line. Never holds a secret: the path without its query string, the request id
-/// the gateway vetted, no credentials.
+/// the gateway vetted, no credentials. Written by `line` (the `Serialize` form is the reference
+/// its tests compare with).
 #[derive(Serialize, Debug, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
@@ -38,10 +41,12 @@ pub struct Record {
     pub protocol: &'static str,
     /// Response status.
     pub status: u16,
-    /// Total time until the last response byte, in milliseconds.
+    /// Total time until the last response byte, in milliseconds (written to the microsecond).
+    #[serde(serialize_with = "line::serialize_millis")]
     pub duration_ms: f64,
-    /// Time the upstream took to answer, in milliseconds (absent when no upstream was called).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Time the upstream took to answer, in milliseconds, written to the microsecond (absent
+    /// when no upstream was called).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "line::serialize_some_millis")]
     pub upstream_ms: Option<f64>,
     /// The upstream endpoint that answered.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,11 +131,7 @@ impl AccessLog {
             self.metrics.access_log_dropped.inc();
             return;
         }
-        let before = buffer.len();
-        if serde_json::to_writer(&mut *buffer, record).is_err() {
-            buffer.truncate(before);
-            return;
-        }
+        line::write(record, &mut buffer);
         buffer.push(b'\n');
         if buffer.len() >= WAKE_AT {
             shared.ready.notify_one();

@@ -444,6 +444,11 @@ fn origin(parts: &http::request::Parts, fields: &ClientFields) -> Option<HeaderV
     if fields.origin { parts.headers.get(header::ORIGIN).cloned() } else { None }
 }
 
+/// `text` cut to `max` characters (copied whole, without counting, when its bytes fit).
+fn at_most_chars(text: &str, max: usize) -> String {
+    if text.len() <= max { text.to_owned() } else { text.chars().take(max).collect() }
+}
+
 /// The request head, for the rare paths that take it (WebSocket upgrades), leaving an empty one.
 fn take_head(parts: &mut http::request::Parts) -> http::request::Parts {
     std::mem::replace(parts, Request::new(()).into_parts().0)
@@ -482,7 +487,7 @@ fn new_record(
         request_id: request_id.to_str().unwrap_or_default().to_string(),
         method: request.method.as_str().to_string(),
         // `host` is set by the pipeline, which computes it anyway.
-        path: request.uri.path().chars().take(2048).collect(),
+        path: at_most_chars(request.uri.path(), 2048),
         protocol: match request.version {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
@@ -574,6 +579,14 @@ mod tests {
         let size = size.load(Ordering::SeqCst);
         // 5,320 bytes now (session 6 passes the head down by reference); the budget leaves room.
         assert!(size > 0 && size <= 8 * 1024, "the request future is {size} bytes; box the new large await");
+    }
+
+    #[test]
+    fn logged_paths_are_cut_to_2048_characters() {
+        assert_eq!(at_most_chars("/short", 2048), "/short");
+        let long = "é".repeat(3000);
+        assert_eq!(at_most_chars(&long, 2048).chars().count(), 2048);
+        assert_eq!(at_most_chars(&"a".repeat(2048), 2048).len(), 2048);
     }
 
     #[test]
