@@ -577,7 +577,8 @@ mod tests {
         read.await.expect("answered in time").expect("read");
         assert!(answer.starts_with(b"HTTP/1.1 503"), "not configured yet: 503");
         let size = size.load(Ordering::SeqCst);
-        // 5,320 bytes now (session 6 passes the head down by reference); the budget leaves room.
+        // Session 6 passed the head down to the upstream call by reference; session 7 keeps it,
+        // the fields read off it and the connection in the handler (see `Received`).
         assert!(size > 0 && size <= 8 * 1024, "the request future is {size} bytes; box the new large await");
     }
 
