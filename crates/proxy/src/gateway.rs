@@ -510,14 +510,10 @@ fn request_host<'a>(uri: &'a http::Uri, host_field: Option<&'a HeaderValue>) -> 
     // bare IPv6 address (`::1`); a bracketed one (`[::1]:80`) keeps its brackets.
     let bytes = raw.as_bytes();
     let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
-    let mut end = bytes.len();
-    if let [.., before, b':'] = &bytes[..end - digits]
-        && *before != b':'
-    {
-        end -= digits + 1;
-    } else if bytes.len() - digits == 1 && bytes[0] == b':' {
-        end = 0;
-    }
+    let mut end = match bytes[..bytes.len() - digits].split_last() {
+        Some((b':', host)) if host.last() != Some(&b':') => host.len(),
+        _ => bytes.len(),
+    };
     while end > 0 && bytes[end - 1] == b'.' {
         end -= 1;
     }

@@ -15,26 +15,23 @@ use super::Record;
 
 /// Appends `record` as a JSON object (no newline) to `out`.
 pub(super) fn write(record: &Record, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"time\":");
-    string(out, &record.time);
-    out.extend_from_slice(b",\"requestId\":");
-    string(out, &record.request_id);
-    out.extend_from_slice(b",\"api\":");
-    string(out, &record.api);
-    out.extend_from_slice(b",\"stage\":");
-    string(out, &record.stage);
-    out.extend_from_slice(b",\"route\":");
-    string(out, &record.route);
-    out.extend_from_slice(b",\"track\":");
-    string(out, record.track.as_str());
-    out.extend_from_slice(b",\"method\":");
-    string(out, &record.method);
-    out.extend_from_slice(b",\"host\":");
-    string(out, &record.host);
-    out.extend_from_slice(b",\"path\":");
-    string(out, &record.path);
-    out.extend_from_slice(b",\"protocol\":");
-    string(out, record.protocol);
+    // In the record's field order (the `Serialize` form's).
+    let leading: [(&[u8], &str); 10] = [
+        (b"{\"time\":", &record.time),
+        (b",\"requestId\":", &record.request_id),
+        (b",\"api\":", &record.api),
+        (b",\"stage\":", &record.stage),
+        (b",\"route\":", &record.route),
+        (b",\"track\":", record.track.as_str()),
+        (b",\"method\":", &record.method),
+        (b",\"host\":", &record.host),
+        (b",\"path\":", &record.path),
+        (b",\"protocol\":", record.protocol),
+    ];
+    for (key, value) in leading {
+        out.extend_from_slice(key);
+        string(out, value);
+    }
     out.extend_from_slice(b",\"status\":");
     integer(out, u64::from(record.status));
     out.extend_from_slice(b",\"durationMs\":");
