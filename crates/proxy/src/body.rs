@@ -19,6 +19,23 @@ pub fn empty() -> ProxyBody {
     full(Bytes::new())
 }
 
+/// Reads a body of at most `limit` bytes; `Err` when it fails or grows larger. (Not through
+/// `Limited`: its generic error conversion trips rustc's `Send` check for the futures that hold
+/// it — "implementation of `From` is not general enough".)
+pub async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, ()> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        if let Ok(data) = frame.into_data() {
+            if (out.len() + data.len()) as u64 > limit {
+                return Err(());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
 /// Boxes any body whose error converts into [`BoxError`].
 pub fn boxed<B>(body: B) -> ProxyBody
 where

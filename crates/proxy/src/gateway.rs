@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use tollgate_ir as ir;
 
 use crate::access_log::{AccessLog, Record};
-use crate::body::{ProxyBody, boxed, full};
+use crate::body::{ProxyBody, full};
 use crate::context::RequestContext;
 use crate::error::ProxyError;
 use crate::headers::{self, ClientFields, X_REQUEST_ID};
@@ -421,7 +421,7 @@ impl Gateway {
                 }
                 let (mut head, body) = exchange.response.into_parts();
                 headers::remove_hop_by_hop(&mut head.headers);
-                let response = Response::from_parts(head, boxed(body));
+                let response = Response::from_parts(head, body);
                 (traffic.respond(&policy.traffic, traffic_state, response, id).await, metrics, log)
             }
             Err(error) => (fail(error, id, record), metrics, log),

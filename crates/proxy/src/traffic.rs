@@ -704,26 +704,11 @@ async fn store(
     if !cache::storable(head.status, &head.headers, exact, cache.cache.max_entry) {
         return Ok(body);
     }
-    let bytes = collect_limited(body, cache.cache.max_entry).await?;
+    let bytes = crate::body::collect_limited(body, cache.cache.max_entry).await?;
     let mut stored = head.headers.clone();
     stored.remove(X_CACHE);
     cache.cache.put(key.to_string(), head.status, stored, bytes.clone(), cache.ttl).await;
     Ok(full(bytes))
-}
-
-/// Reads a response body of at most `limit` bytes.
-async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, ()> {
-    let mut out = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ())?;
-        if let Ok(data) = frame.into_data() {
-            if (out.len() + data.len()) as u64 > limit {
-                return Err(());
-            }
-            out.extend_from_slice(&data);
-        }
-    }
-    Ok(out.freeze())
 }
 
 /// Facts about the request the traffic phases read.

@@ -27,7 +27,7 @@ pub use backend::{
     BackendBuilder, BackendRegistry, BackendRuntime, Caller, InFlight, TlsProfile, TlsSetup, UpstreamMetrics,
 };
 pub use deadline::TimerSlot;
-pub use pool::{Affinity, Keep, Pool, PoolError, PoolSettings, PooledBody, Target};
+pub use pool::{Affinity, Keep, Pool, PoolError, PoolSettings, Target};
 pub use resolve::ResolveError;
 
 /// Settings of the upstream client.
@@ -75,7 +75,7 @@ pub struct UpstreamClient {
 /// A successful upstream exchange.
 pub struct Exchange {
     /// The upstream's response.
-    pub response: Response<PooledBody>,
+    pub response: Response<ProxyBody>,
     /// The endpoint that answered (formatted only where it is logged).
     pub endpoint: http::uri::Authority,
     /// Time to the response head.
@@ -195,7 +195,7 @@ impl UpstreamClient {
             let sent = deadline::within(
                 deadline,
                 caller.timer,
-                self.pool.send_parts(target, parts, caller.forwarding, this_body, keep),
+                self.pool.send_parts(target, parts, caller.forwarding, this_body, keep, in_flight),
             );
             match sent.await {
                 Err(_elapsed) => {
@@ -203,7 +203,7 @@ impl UpstreamClient {
                     policy.metrics.upstream_error("timeout");
                     return Err(ProxyError::UpstreamTimeout { timeout_ms });
                 }
-                Ok(Ok(mut response)) => {
+                Ok(Ok(response)) => {
                     backend.record(endpoint, &endpoints, response.status().is_server_error());
                     if can_retry && retries.on_statuses.contains(&response.status().as_u16()) {
                         policy.metrics.upstream_error("retry_status");
@@ -211,7 +211,6 @@ impl UpstreamClient {
                         attempt += 1;
                         continue;
                     }
-                    response.body_mut().hold(in_flight);
                     return Ok(Exchange {
                         response,
                         endpoint: endpoint.authority.clone(),

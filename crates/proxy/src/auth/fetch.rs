@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::Scheme;
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 
 use crate::upstream::{Pool, PoolError, PoolSettings};
 
@@ -65,11 +65,9 @@ async fn exchange(
     let request = request.map(crate::body::boxed);
     let response = pool().send(&scheme, &authority, None, request).await.map_err(FetchError::Upstream)?;
     let status = response.status();
-    let body = Limited::new(response.into_body(), limit)
-        .collect()
+    let body = crate::body::collect_limited(response.into_body(), u64::try_from(limit).unwrap_or(u64::MAX))
         .await
-        .map_err(|_| FetchError::Body(limit))?
-        .to_bytes();
+        .map_err(|()| FetchError::Body(limit))?;
     Ok((status, body))
 }
 

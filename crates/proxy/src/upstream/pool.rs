@@ -33,6 +33,7 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -202,7 +203,7 @@ impl Pool {
         authority: &Authority,
         server_name: Option<&str>,
         request: Request<ProxyBody>,
-    ) -> Result<Response<PooledBody>, PoolError> {
+    ) -> Result<Response<ProxyBody>, PoolError> {
         self.send_with(scheme, authority, server_name, None, None, request).await
     }
 
@@ -217,17 +218,18 @@ impl Pool {
         tls: Option<&super::backend::TlsProfile>,
         affinity: Option<&Affinity>,
         request: Request<ProxyBody>,
-    ) -> Result<Response<PooledBody>, PoolError> {
+    ) -> Result<Response<ProxyBody>, PoolError> {
         let (mut parts, body) = request.into_parts();
         let target = Target { scheme, authority, server_name, tls, affinity };
-        self.send_parts(target, &mut parts, None, body, Keep::No).await
+        self.send_parts(target, &mut parts, None, body, Keep::No, None).await
     }
 
     /// [`Pool::send_with`] for a head the caller keeps, plus the gateway's `added` fields: a
     /// body-less request is written from `parts` as they are; a request with a body takes them
     /// for hyper's client (a copy when `keep` says another attempt may need them). Borrowing
     /// instead of moving keeps the head out of every future on the way (hyper moves a request's
-    /// future whole; see `gateway`).
+    /// future whole; see `gateway`). The response body holds `in_flight` until it ends, and
+    /// comes boxed: a response moves up several await layers, boxed it is a third of the size.
     pub async fn send_parts(
         &self,
         target: Target<'_>,
@@ -235,7 +237,8 @@ impl Pool {
         added: Option<&Forwarding<'_>>,
         body: ProxyBody,
         keep: Keep,
-    ) -> Result<Response<PooledBody>, PoolError> {
+        in_flight: Option<super::backend::InFlight>,
+    ) -> Result<Response<ProxyBody>, PoolError> {
         let Target { scheme, authority, server_name, tls, affinity } = target;
         let key = Key {
             scheme: scheme.clone(),
@@ -256,23 +259,28 @@ impl Pool {
         };
         // A connection hyper already drives serves any request; an own one serves a body-less
         // request itself, and is handed to hyper for good by a request with a body.
+        // hyper's client is boxed below: requests with a body are the rarer kind, and its future
+        // would make every request's future half as large again (see `gateway`).
         let own = match self.checkout(&give_back.key, affinity) {
             Some(Connection::Hyper(sender)) => {
                 let request = owned(parts, body);
-                return self.send_hyper(give_back, server_name, tls, Some(sender), request).await;
+                let sent = Box::pin(self.send_hyper(give_back, server_name, tls, Some(sender), request));
+                return Ok(boxed_response(sent.await?, in_flight));
             }
             Some(Connection::Own(conn)) => Some(conn),
             None => None,
         };
         if body.is_end_stream() {
-            return self.send_bodyless(give_back, server_name, tls, own, parts, added).await;
+            let response = self.send_bodyless(give_back, server_name, tls, own, parts, added).await?;
+            return Ok(boxed_response(response, in_flight));
         }
         let sender = match own {
             Some(conn) => Some(handshake(conn.into_io(), &give_back.key.authority).await?),
             None => None,
         };
         let request = owned(parts, body);
-        self.send_hyper(give_back, server_name, tls, sender, request).await
+        let response = Box::pin(self.send_hyper(give_back, server_name, tls, sender, request)).await?;
+        Ok(boxed_response(response, in_flight))
     }
 
     /// A body-less request on an own HTTP/1.1 connection: `taken` (the client connection's or
@@ -388,6 +396,17 @@ impl Pool {
             connector.connect(name, stream).await.map_err(|source| PoolError::Tls { endpoint, source })?;
         Ok(h1::Io::Tls(Box::new(tls)))
     }
+}
+
+/// `response` with its body boxed, holding `in_flight` until it ends.
+fn boxed_response(
+    response: Response<PooledBody>,
+    in_flight: Option<super::backend::InFlight>,
+) -> Response<ProxyBody> {
+    response.map(|mut body| {
+        body.in_flight = in_flight;
+        body.boxed_unsync()
+    })
 }
 
 /// Hands `io` to hyper's client connection task.
@@ -645,11 +664,6 @@ impl Body for PooledBody {
 }
 
 impl PooledBody {
-    /// Keeps `guard` until the body ends or is dropped.
-    pub fn hold(&mut self, guard: Option<super::backend::InFlight>) {
-        self.in_flight = guard;
-    }
-
     fn finish(&mut self) {
         self.ended = true;
         self.in_flight = None;
@@ -781,7 +795,7 @@ mod tests {
         request
     }
 
-    async fn send(pool: &Pool, authority: &Authority, affinity: Option<&Affinity>) -> Response<PooledBody> {
+    async fn send(pool: &Pool, authority: &Authority, affinity: Option<&Affinity>) -> Response<ProxyBody> {
         let sending = pool.send_with(&Scheme::HTTP, authority, None, None, affinity, get());
         tokio::time::timeout(Duration::from_secs(5), sending).await.expect("in time").expect("answered")
     }
@@ -793,7 +807,7 @@ mod tests {
     }
 
     /// Reads the body to its end (which hands the connection back) and returns it.
-    async fn connection_of(response: Response<PooledBody>) -> String {
+    async fn connection_of(response: Response<ProxyBody>) -> String {
         let collected = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect()).await;
         String::from_utf8_lossy(&collected.expect("in time").expect("body").to_bytes()).into_owned()
     }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, header};
-use http_body_util::{BodyExt, Limited};
 
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
@@ -128,10 +127,8 @@ pub async fn invoke(client: &UpstreamClient, call: Invocation<'_>) -> Result<Ans
     };
     let exchange = client.send(policy, backend, &mut parts, path, body, caller).await?;
     let (head, body) = exchange.response.into_parts();
-    let limit = usize::try_from(call.max_response).unwrap_or(usize::MAX);
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(ProxyError::Upstream),
+    let Ok(body) = crate::body::collect_limited(body, call.max_response).await else {
+        return Err(ProxyError::Upstream);
     };
     Ok(Answer {
         status: head.status.as_u16(),
