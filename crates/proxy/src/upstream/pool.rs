@@ -274,8 +274,9 @@ impl Pool {
             let response = self.send_bodyless(give_back, server_name, tls, own, parts, added).await?;
             return Ok(boxed_response(response, in_flight));
         }
-        let sender = match own {
-            Some(conn) => Some(handshake(conn.into_io(), &give_back.key.authority).await?),
+        // A connection that cannot be handed on (see `h1::Conn::into_io`) is closed: a fresh one.
+        let sender = match own.and_then(h1::Conn::into_io) {
+            Some(io) => Some(handshake(io, &give_back.key.authority).await?),
             None => None,
         };
         let request = owned(parts, body);

@@ -445,3 +445,135 @@ fn exchanges_in_progress_are_counted_while_their_guards_live() {
     let (_third, before_third) = InFlight::enter();
     assert_eq!(before_third, before_first, "finished exchanges are counted out");
 }
+
+// Heads queued for the end of the scheduling round (`transport`): a head is queued whenever
+// another exchange is in progress on the thread.
+
+/// Reads one request head (any size) off `socket`.
+async fn read_head(socket: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while !head.ends_with(b"\r\n\r\n") {
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    head
+}
+
+/// A plain connection and the server's side of it.
+async fn connected_pair() -> (Conn, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let conn = connect(listener.local_addr().expect("address")).await;
+    let (socket, _) = listener.accept().await.expect("accept");
+    (conn, socket)
+}
+
+#[tokio::test]
+async fn concurrent_exchanges_are_written_together_and_answered_round_after_round() {
+    const CONNECTIONS: usize = 8;
+    let mut servers = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let scripts = vec![script(&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], false); 3];
+        let (address, heads) = server(scripts).await;
+        conns.push(connect(address).await);
+        servers.push(heads);
+    }
+    // Three rounds on the same connections: every round after the first starts new batches.
+    for round in 0..3 {
+        let request = get(&format!("/round/{round}"));
+        let answered =
+            futures_util::future::join_all(conns.into_iter().map(|conn| run(conn, &request))).await;
+        conns = answered
+            .into_iter()
+            .map(|collected| {
+                let collected = collected.expect("answered");
+                assert_eq!(collected.data, "ok");
+                collected.reusable.expect("reusable")
+            })
+            .collect();
+        for heads in &mut servers {
+            let head = heads.recv().await.expect("the head arrived");
+            assert!(head.starts_with(&format!("GET /round/{round} HTTP/1.1\r\n")), "{head}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_head_abandoned_before_the_round_ends_is_never_sent() {
+    let (mut conn, mut socket) = connected_pair().await;
+    let other = InFlight::enter();
+    let request = get("/abandoned");
+    {
+        let mut exchange = std::pin::pin!(exchange(&mut conn, &request, None, false));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(exchange.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "queued, waiting for the response");
+    }
+    // The round's batch runs now; the abandoned head must not be in it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(200), socket.read(&mut byte)).await;
+    assert!(read.is_err(), "nothing may reach the upstream: {read:?}");
+    // The connection is clean and serves the next request.
+    drop(other);
+    let answer = async {
+        let head = read_head(&mut socket).await;
+        socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.expect("answer");
+        head
+    };
+    let next = get("/next");
+    let (result, head) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(exchange(&mut conn, &next, None, false), answer)
+    })
+    .await
+    .expect("in time");
+    assert_eq!(result.expect("answered").parts.status, StatusCode::NO_CONTENT);
+    assert!(head.starts_with(b"GET /next HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&head));
+}
+
+#[tokio::test]
+async fn a_head_the_socket_takes_only_in_part_is_finished_by_its_request() {
+    let (mut conn, socket) = connected_pair().await;
+    let mut socket = socket;
+    let _other = InFlight::enter();
+    // Far more than loopback socket buffers hold: the batch writes what fits and hands the rest
+    // back to the request, which finishes it as the upstream reads.
+    let large = "x".repeat(16 * 1024 * 1024);
+    let mut request = get("/large");
+    request.headers.insert("x-large", HeaderValue::from_str(&large).expect("value"));
+    // The upstream on a task of its own: only the batch's hand-back (and then the socket) may
+    // wake the exchange.
+    let answer = tokio::spawn(async move {
+        let head = read_head(&mut socket).await;
+        socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.expect("answer");
+        head
+    });
+    let result = tokio::time::timeout(Duration::from_secs(10), exchange(&mut conn, &request, None, false))
+        .await
+        .expect("in time");
+    assert_eq!(result.expect("answered").parts.status, StatusCode::NO_CONTENT);
+    let head = answer.await.expect("upstream");
+    assert!(head.len() > large.len(), "the whole head arrived: {} bytes", head.len());
+    assert!(head.starts_with(b"GET /large HTTP/1.1\r\n"));
+}
+
+#[tokio::test]
+async fn an_upstream_that_speaks_before_the_head_is_written_fails_the_exchange_as_unsent() {
+    let (mut conn, mut socket) = connected_pair().await;
+    socket.write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n").await.expect("write");
+    // Let the reactor see the bytes, so the exchange's first read finds them.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _other = InFlight::enter();
+    let request = get("/late");
+    let result = tokio::time::timeout(Duration::from_secs(5), exchange(&mut conn, &request, None, false))
+        .await
+        .expect("in time");
+    let error = result.err().expect("not taken for this request's answer");
+    assert!(error.is_unsent(), "{error}");
+    drop(conn);
+    let mut sent = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut sent)).await;
+    assert!(sent.is_empty(), "the head was withdrawn: {}", String::from_utf8_lossy(&sent));
+}
