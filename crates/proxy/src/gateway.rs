@@ -271,14 +271,20 @@ impl Gateway {
         if let Err(error) = crate::auth::admit(policy, &parts.headers, conn, &mut context) {
             return (fail(error, id, record), metrics, log);
         }
-        // Phases 6–7: CORS preflight, API and stage throttles.
+        // Phases 6–7: CORS preflight, API and stage throttles. Here and below, a route without
+        // any traffic feature skips the phases (they would pass it through unchanged).
         let traffic = &self.traffic;
-        let mut traffic_state = match traffic
-            .before_auth(&policy.traffic, &parts.method, &parts.headers, origin(parts, fields), id)
-            .await
-        {
-            Ok(state) => state,
-            Err(early) => return (answered(early, record, &context), metrics, log),
+        let acts = policy.traffic.acts();
+        let mut traffic_state = if acts {
+            match traffic
+                .before_auth(&policy.traffic, &parts.method, &parts.headers, origin(parts, fields), id)
+                .await
+            {
+                Ok(state) => state,
+                Err(early) => return (answered(early, record, &context), metrics, log),
+            }
+        } else {
+            crate::traffic::RequestState::default()
         };
         // Managed WebSocket connections carry the headers the authorizer sets: keep what the
         // client sent to tell them apart.
@@ -297,20 +303,24 @@ impl Gateway {
             }
         };
         // Phases 9–13: API key and usage plan, route throttle, validation, cache, transforms.
-        let facts = crate::traffic::RequestFacts {
-            request_id: id,
-            host: &host,
-            path: &path,
-            stage_path,
-            client_ip: conn.remote.ip(),
-            max_body: policy.max_body,
-        };
-        let body = match traffic
-            .after_auth(&policy.traffic, &mut traffic_state, parts, body, &params, &mut context, facts)
-            .await
-        {
-            Ok(body) => body,
-            Err(early) => return (answered(early, record, &context), metrics, log),
+        let body = if acts {
+            let facts = crate::traffic::RequestFacts {
+                request_id: id,
+                host: &host,
+                path: &path,
+                stage_path,
+                client_ip: conn.remote.ip(),
+                max_body: policy.max_body,
+            };
+            match traffic
+                .after_auth(&policy.traffic, &mut traffic_state, parts, body, &params, &mut context, facts)
+                .await
+            {
+                Ok(body) => body,
+                Err(early) => return (answered(early, record, &context), metrics, log),
+            }
+        } else {
+            body
         };
         if let Some(record) = record.as_deref_mut() {
             record.principal = context.principal.clone();
@@ -341,7 +351,9 @@ impl Gateway {
                 let mut response = Response::new(full(mock.body.clone()));
                 *response.status_mut() = mock.status;
                 *response.headers_mut() = mock.headers.clone();
-                let response = traffic.respond(&policy.traffic, traffic_state, response, id).await;
+                if acts {
+                    response = traffic.respond(&policy.traffic, traffic_state, response, id).await;
+                }
                 return (response, metrics, log);
             }
             IntegrationRuntime::Http { backend, path, prefix } => (backend, path, prefix),
@@ -421,8 +433,11 @@ impl Gateway {
                 }
                 let (mut head, body) = exchange.response.into_parts();
                 headers::remove_hop_by_hop(&mut head.headers);
-                let response = Response::from_parts(head, body);
-                (traffic.respond(&policy.traffic, traffic_state, response, id).await, metrics, log)
+                let mut response = Response::from_parts(head, body);
+                if acts {
+                    response = traffic.respond(&policy.traffic, traffic_state, response, id).await;
+                }
+                (response, metrics, log)
             }
             Err(error) => (fail(error, id, record), metrics, log),
         }
