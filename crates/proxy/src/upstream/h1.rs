@@ -190,10 +190,15 @@ impl Conn {
     /// system call unless the reactor has seen it readable since the last read (an idle
     /// connection the server closed, the usual case an upstream's keep-alive timeout makes).
     pub fn is_reusable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut probe = [0u8; 1];
+        // Anything but "would block" means closed (0 bytes), an error, or bytes nobody asked
+        // for: unusable alike.
+        if let Transport::Plain { read, .. } = &self.io {
+            // `try_read` consults the reactor's readiness first and registers no waker.
+            return matches!(read.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock);
+        }
+        let mut cx = Context::from_waker(Waker::noop());
         let mut probe = ReadBuf::new(&mut probe);
-        // Ready means closed (0 bytes), an error, or bytes nobody asked for: unusable alike.
         Pin::new(&mut self.io).poll_read(&mut cx, &mut probe).is_pending()
     }
 
