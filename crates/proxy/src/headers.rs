@@ -107,7 +107,28 @@ fn forwarded_for(prior: Option<&HeaderValue>, client_ip: &HeaderValue) -> Option
 pub struct Forwarding<'a> {
     /// The request id is borrowed: a clone of a value made for this request would allocate (its
     /// buffer becomes shared on the first clone).
-    fields: [(&'static HeaderName, Option<Cow<'a, HeaderValue>>); 5],
+    fields: [(&'static HeaderName, Option<Cow<'a, HeaderValue>>); 4],
+    /// Kept as bytes: the own exchange writes them as they are, and a header value would cost an
+    /// allocation and a check of every byte (~250 instructions per request).
+    traceparent: Traceparent,
+}
+
+/// A `traceparent` value the gateway made: `00-` trace id (32 hex) `-` parent id (16 hex) `-`
+/// flags (2 hex).
+#[derive(Debug, Clone, Copy)]
+pub struct Traceparent([u8; 55]);
+
+impl Traceparent {
+    /// The value's bytes (ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value as a header value.
+    pub fn to_header_value(&self) -> HeaderValue {
+        // Hex digits and dashes only: always a valid value.
+        HeaderValue::from_bytes(&self.0).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
 }
 
 impl<'a> Forwarding<'a> {
@@ -141,26 +162,29 @@ impl<'a> Forwarding<'a> {
                 (&X_FORWARDED_PROTO, Some(Cow::Owned(HeaderValue::from_static(client.proto)))),
                 (&X_FORWARDED_HOST, client.host.cloned().map(Cow::Owned)),
                 (&X_REQUEST_ID, Some(Cow::Borrowed(request_id))),
-                (&TRACEPARENT, Some(Cow::Owned(traceparent))),
             ],
+            traceparent,
         }
     }
 
-    /// The fields, in the order they are sent.
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_deref()?)))
+    /// The fields and their values' bytes, in the order they are sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
+        let fields =
+            self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_deref()?.as_bytes())));
+        fields.chain(std::iter::once((&TRACEPARENT, self.traceparent.as_bytes())))
     }
 
     /// The value of field `name`, if the gateway sets it.
-    pub fn get(&self, name: &str) -> Option<&HeaderValue> {
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.iter().find(|(field, _)| field.as_str().eq_ignore_ascii_case(name)).map(|(_, value)| value)
     }
 
     /// Puts the fields into `headers` (for transports that send a header map).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
-        for (name, value) in self.iter() {
+        for (name, value) in self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_deref()?))) {
             headers.insert(name.clone(), value.clone());
         }
+        headers.insert(TRACEPARENT.clone(), self.traceparent.to_header_value());
     }
 }
 
@@ -240,7 +264,7 @@ pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
 /// The `traceparent` for the next hop: the client's trace continued (same trace id and flags, a
 /// new parent id for the hop the gateway adds) when `prior` is valid — then `true` — else a new
 /// sampled trace.
-pub fn next_traceparent(prior: Option<&HeaderValue>) -> (HeaderValue, bool) {
+pub fn next_traceparent(prior: Option<&HeaderValue>) -> (Traceparent, bool) {
     // `00-` trace id (32) `-` parent id (16) `-` flags (2): built on the stack.
     let mut next = [0u8; 55];
     next[..3].copy_from_slice(b"00-");
@@ -264,9 +288,7 @@ pub fn next_traceparent(prior: Option<&HeaderValue>) -> (HeaderValue, bool) {
             false
         }
     };
-    // Hex digits and dashes only: always a valid value.
-    let value = HeaderValue::from_bytes(&next).unwrap_or_else(|_| HeaderValue::from_static(""));
-    (value, continued)
+    (Traceparent(next), continued)
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
@@ -377,7 +399,8 @@ mod tests {
         let forwarding = Forwarding::take(&mut h, &client, &request_id);
         let mut added = HeaderMap::new();
         forwarding.insert_into(&mut added);
-        assert_eq!(forwarding.get("X-Request-Id").map(|v| v.as_bytes()), Some(&b"req-1"[..]));
+        assert_eq!(forwarding.get("X-Request-Id"), Some(&b"req-1"[..]));
+        assert_eq!(forwarding.get("traceparent"), added.get("traceparent").map(HeaderValue::as_bytes));
         (h, added)
     }
 

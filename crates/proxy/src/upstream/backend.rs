@@ -328,8 +328,9 @@ impl BackendRuntime {
         match hash_on {
             HashOn::Header(name) => headers
                 .get(name.as_str())
+                .map(HeaderValue::as_bytes)
                 .or_else(|| caller.forwarding?.get(name))
-                .map(|v| hash(v.as_bytes())),
+                .map(hash),
             HashOn::Query(name) => query_value(query?, name).map(|v| hash(v.as_bytes())),
             HashOn::Cookie(name) => cookie_value(headers, name).map(|v| hash(v.as_bytes())),
             HashOn::Principal => caller.principal.map(|p| hash(p.as_bytes())),

@@ -362,10 +362,11 @@ fn encode_request_head(request: &http::request::Parts, added: Option<&Forwarding
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers.iter().chain(added.into_iter().flat_map(Forwarding::iter)) {
+    let own = request.headers.iter().map(|(name, value)| (name, value.as_bytes()));
+    for (name, value) in own.chain(added.into_iter().flat_map(Forwarding::iter)) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
