@@ -169,9 +169,13 @@ impl<'a> Forwarding<'a> {
 
     /// The fields and their values' bytes, in the order they are sent.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
-        let fields =
-            self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_deref()?.as_bytes())));
+        let fields = self.header_fields().map(|(name, value)| (name, value.as_bytes()));
         fields.chain(std::iter::once((&TRACEPARENT, self.traceparent.as_bytes())))
+    }
+
+    /// The fields held as header values (all but `traceparent`).
+    fn header_fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_deref()?)))
     }
 
     /// The value of field `name`, if the gateway sets it.
@@ -181,7 +185,7 @@ impl<'a> Forwarding<'a> {
 
     /// Puts the fields into `headers` (for transports that send a header map).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
-        for (name, value) in self.fields.iter().filter_map(|(name, value)| Some((*name, value.as_deref()?))) {
+        for (name, value) in self.header_fields() {
             headers.insert(name.clone(), value.clone());
         }
         headers.insert(TRACEPARENT.clone(), self.traceparent.to_header_value());

@@ -389,7 +389,7 @@ impl TrafficState {
             }),
             _ => None,
         };
-        let mut traffic = RouteTraffic {
+        RouteTraffic {
             api_throttle: shared.api_throttle.clone(),
             stage_throttle: shared.stage_throttle.clone(),
             route_throttle: rt.throttle.as_ref().map(|th| self.limiter(th)),
@@ -402,10 +402,7 @@ impl TrafficState {
             transform: rt.transform.as_ref().map(TransformRuntime::build),
             variables: Arc::clone(&shared.variables),
             labels: [api_label, stage_label, route_label],
-            acts: true,
-        };
-        traffic.acts = traffic.has_work();
-        traffic
+        }
     }
 
     /// Usage of every key of `plan` (`namespace/name`) in the current quota period, for the admin
@@ -784,8 +781,6 @@ pub struct RouteTraffic {
     transform: Option<TransformRuntime>,
     variables: Arc<BTreeMap<String, String>>,
     labels: [String; 3],
-    /// Whether any phase has work on this route (see [`RouteTraffic::acts`]).
-    acts: bool,
 }
 
 impl RouteTraffic {
@@ -800,10 +795,6 @@ impl RouteTraffic {
     /// unchanged, so the pipeline skips them (their futures and the request state they build
     /// were ~300 instructions per request).
     pub fn acts(&self) -> bool {
-        self.acts
-    }
-
-    fn has_work(&self) -> bool {
         // Every field named: a new one must be placed on one side or the other.
         let RouteTraffic {
             api_throttle,
@@ -818,7 +809,6 @@ impl RouteTraffic {
             transform,
             variables: _, // read only by transforms
             labels: _,
-            acts: _,
         } = self;
         api_throttle.is_some()
             || stage_throttle.is_some()

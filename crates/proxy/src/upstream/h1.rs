@@ -38,7 +38,7 @@ use crate::headers::Forwarding;
 
 mod transport;
 
-use transport::Transport;
+use transport::{QueuedHead, Transport};
 
 /// Most header fields accepted in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -209,20 +209,18 @@ impl Conn {
     fn poll_response(
         &mut self,
         cx: &mut Context<'_>,
-        queued: &mut bool,
+        queued: &mut Option<QueuedHead>,
     ) -> Poll<Result<io::Result<usize>, H1Error>> {
-        if *queued && let Transport::Plain { write: writer, .. } = &self.io {
-            match writer.poll_written(cx) {
+        if let Some(head) = queued {
+            match head.writer().poll_written(cx) {
                 Poll::Pending => {}
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(H1Error::Write(error))),
-                Poll::Ready(Ok(())) => *queued = false,
+                Poll::Ready(Ok(())) => *queued = None,
             }
         }
         let read = ready!(self.poll_fill(cx));
-        if std::mem::take(queued)
-            && let Transport::Plain { write: writer, .. } = &self.io
-        {
-            writer.settle_early().map_err(H1Error::Write)?;
+        if let Some(head) = queued.take() {
+            head.writer().settle_early().map_err(H1Error::Write)?;
         }
         Poll::Ready(Ok(read))
     }
@@ -268,13 +266,11 @@ pub async fn exchange(
     // see `transport`). Only when there is something to batch with: a lone request (one client
     // connection) would wait for the round for nothing.
     let (_in_flight, others) = InFlight::enter();
-    let mut queued = false;
-    let mut _withdraw = None;
+    let mut queued = None;
     match &mut conn.io {
         Transport::Plain { write: writer, .. } => {
             if others > 0 {
-                _withdraw = Some(writer.queue(&mut conn.head));
-                queued = true;
+                queued = Some(writer.queue(&mut conn.head));
             } else {
                 writer.write_now(&mut conn.head);
                 std::future::poll_fn(|cx| writer.poll_written(cx)).await.map_err(H1Error::Write)?;

@@ -78,9 +78,16 @@ impl AsyncRead for Transport {
 /// Held by an exchange while its head is queued. Dropped with the head still waiting (the
 /// request was abandoned: route timeout, client gone), it withdraws the head, so the batch does
 /// not send a request nobody waits for.
-pub(super) struct Withdraw(Arc<Writer>);
+pub(super) struct QueuedHead(Arc<Writer>);
 
-impl Drop for Withdraw {
+impl QueuedHead {
+    /// The connection's write side.
+    pub(super) fn writer(&self) -> &Writer {
+        &self.0
+    }
+}
+
+impl Drop for QueuedHead {
     fn drop(&mut self) {
         self.0.withdraw();
     }
@@ -134,10 +141,10 @@ impl Writer {
 
     /// Takes `head` (leaving the previous head's buffer, cleared, in its place) to write at the
     /// end of the round. Keep the returned guard until the head is known written.
-    pub(super) fn queue(self: &Arc<Self>, head: &mut Vec<u8>) -> Withdraw {
+    pub(super) fn queue(self: &Arc<Self>, head: &mut Vec<u8>) -> QueuedHead {
         self.begin(head, Stage::Queued);
         Batch::add(Arc::clone(self));
-        Withdraw(Arc::clone(self))
+        QueuedHead(Arc::clone(self))
     }
 
     /// Takes `head` to write now, by the request's task: [`Writer::poll_written`] writes it.
