@@ -32,12 +32,16 @@ pub struct Completion {
 
 impl Completion {
     fn finish(self, status: u16, bytes_sent: u64) {
-        let elapsed = self.start.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         self.metrics.observe_request(&self.method, status, elapsed.as_secs_f64());
         if let Some(mut record) = self.record {
             record.bytes_sent = bytes_sent;
             record.duration_ms = elapsed.as_secs_f64() * 1000.0;
             self.log.write(&record);
+        }
+        if let Some(busy) = self.busy {
+            busy.end_at(now.into());
         }
     }
 }

@@ -47,7 +47,14 @@ impl Activity {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy(Arc::clone(self))
+        Busy(Some(Arc::clone(self)))
+    }
+
+    /// A request's response is done at `now`.
+    fn request_done(&self, now: Instant) {
+        let since = u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(since, Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Whether requests came as HTTP/2.
@@ -76,16 +83,26 @@ impl Activity {
     }
 }
 
-/// A request in flight on a connection (see [`Activity::begin`]).
+/// A request in flight on a connection (see [`Activity::begin`]); the request ends when this
+/// is dropped, or at a given time by [`Busy::end_at`].
 #[derive(Debug)]
-pub struct Busy(Arc<Activity>);
+pub struct Busy(Option<Arc<Activity>>);
+
+impl Busy {
+    /// Ends the request at `now`: a clock reading the caller has already made.
+    #[inline]
+    pub fn end_at(mut self, now: Instant) {
+        if let Some(activity) = self.0.take() {
+            activity.request_done(now);
+        }
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let activity = &self.0;
-        let since = u64::try_from(activity.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.idle_since_ms.store(since, Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(activity) = self.0.take() {
+            activity.request_done(Instant::now());
+        }
     }
 }
 

@@ -347,7 +347,8 @@ impl BackendRuntime {
         key: Option<u64>,
         avoid: Option<&Authority>,
     ) -> Option<&'e Endpoint> {
-        let now = self.now_ms();
+        // The clock is read only when ejections are possible.
+        let now = if self.outlier.is_some() { self.now_ms() } else { 0 };
         let ejected = |e: &Endpoint| self.outlier.is_some() && outlier::is_ejected(&e.stats, now);
         let choose = |available: &dyn Fn(&Endpoint) -> bool| match (&self.balancing, key) {
             (LoadBalancing::ConsistentHash { .. }, Some(key)) => {

@@ -375,6 +375,9 @@ struct ParsedHead {
     framing: FramingFields,
 }
 
+/// Response heads with up to this many fields are parsed without an allocation for their spans.
+const INLINE_FIELDS: usize = 16;
+
 /// Where one field's name and value lie in the head's bytes.
 #[derive(Clone, Copy, Default)]
 struct FieldSpan {
@@ -404,11 +407,24 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, H1Error
         let start = (part.as_ptr() as usize).wrapping_sub(base);
         (u32::try_from(start).unwrap_or(u32::MAX), u32::try_from(part.len()).unwrap_or(u32::MAX))
     };
-    let mut spans = [FieldSpan::default(); MAX_HEADERS];
+    let span = |field: &httparse::Header<'_>| FieldSpan {
+        name: offset(field.name.as_bytes()),
+        value: offset(field.value),
+    };
+    // On the stack for a typical head (an array of `MAX_HEADERS` would be zeroed for every
+    // response), in a vector for a longer one.
     let count = response.headers.len();
-    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-        *span = FieldSpan { name: offset(field.name.as_bytes()), value: offset(field.value) };
-    }
+    let mut inline = [FieldSpan::default(); INLINE_FIELDS];
+    let spilled: Vec<FieldSpan>;
+    let spans: &[FieldSpan] = if count <= INLINE_FIELDS {
+        for (slot, field) in inline.iter_mut().zip(response.headers.iter()) {
+            *slot = span(field);
+        }
+        &inline[..count]
+    } else {
+        spilled = response.headers.iter().map(span).collect();
+        &spilled
+    };
     let head = buf.split_to(len).freeze();
     let slice = |(start, len): (u32, u32)| {
         let (start, len) = (start as usize, len as usize);
@@ -417,7 +433,7 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, H1Error
     // Room for the fields the gateway adds (`x-request-id`, CORS, cache status) without growing.
     let mut headers = HeaderMap::with_capacity(count + 4);
     let mut framing = FramingFields::default();
-    for span in &spans[..count] {
+    for span in spans {
         let name =
             HeaderName::from_bytes(slice(span.name)?).map_err(|_| H1Error::Invalid("header field name"))?;
         let value = slice(span.value)?;

@@ -131,6 +131,36 @@ async fn content_length_body_and_request_head_on_the_wire() {
 }
 
 #[tokio::test]
+async fn every_response_field_is_kept_in_order_short_heads_and_long() {
+    // Up to `INLINE_FIELDS` fields are spanned on the stack, more in a vector: both whole.
+    for count in [1, 2, INLINE_FIELDS - 1, INLINE_FIELDS, INLINE_FIELDS + 1, 90] {
+        // `count` fields: the length, then alternately a repeated one and one of its own.
+        let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+        for i in 1..count {
+            let field =
+                if i % 2 == 0 { format!("X-Dup: {i}\r\n") } else { format!("X-Own-{i}: value {i}\r\n") };
+            head.extend_from_slice(field.as_bytes());
+        }
+        head.extend_from_slice(b"\r\nok");
+        let done = one(&[&head], false, &get("/")).await.expect("exchange");
+        let headers = &done.head.parts.headers;
+        assert_eq!(headers.len(), count, "{count} fields");
+        assert_eq!(headers[CONTENT_LENGTH], "2");
+        let dups: Vec<&str> = headers.get_all("x-dup").iter().map(|v| v.to_str().unwrap()).collect();
+        let expected: Vec<String> = (1..count).filter(|i| i % 2 == 0).map(|i| i.to_string()).collect();
+        assert_eq!(dups, expected, "a repeated field keeps its values' order ({count} fields)");
+        for i in (1..count).filter(|i| i % 2 == 1) {
+            assert_eq!(
+                headers[format!("x-own-{i}").as_str()],
+                format!("value {i}").as_str(),
+                "{count} fields"
+            );
+        }
+        assert_eq!(&done.data[..], b"ok");
+    }
+}
+
+#[tokio::test]
 async fn the_gateways_fields_follow_the_requests_own_once_each() {
     let (address, mut heads) = server(vec![script(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false)]).await;
     let mut parts = get("/x");
