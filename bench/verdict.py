@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Issue 2's benchmark goal, run by run: Tollgate's throughput against the fastest peer's, and its
+p99s against that peer's (under load, T, and on one connection, L).
+
+    python3 bench/verdict.py RESULTS_DIR [RESULTS_DIR ...]
+
+RESULTS_DIR: a folder written by ../shared/bench/run.sh (results.tsv); a bare run id is looked up
+under ../shared/bench/results. The peers are nginx and haproxy (whichever has the higher T rps
+in that run is "the fastest"); Tollgate is the `tollgate` target (access log off), as
+`bench/run.sh` names it. The proxies' CPU per request is printed beside each rate: when the peers
+are well above their usual ~18-19 µs the VM was disturbed during the run, and the run says little.
+The last line counts the runs that meet the goal (throughput at least the fastest peer's and both
+p99s no worse); nothing here is averaged across runs.
+"""
+import csv
+import os
+import statistics
+import sys
+
+PEERS = ("nginx", "haproxy")
+PROJECT = "tollgate"
+SHARED_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench", "results")
+
+
+def load(path):
+    if not os.path.isdir(path):
+        path = os.path.join(SHARED_RESULTS, path)
+    with open(os.path.join(path, "results.tsv")) as tsv:
+        rows = list(csv.DictReader(tsv, delimiter="\t"))
+    return os.path.basename(os.path.normpath(path)), {(r["target"], r["run"]): r for r in rows}
+
+
+def value(rows, target, run, column):
+    try:
+        return float(rows[(target, run)][column])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def verdict(name, rows):
+    peers = [p for p in PEERS if value(rows, p, "T", "rps")]
+    if not peers or value(rows, PROJECT, "T", "rps") is None:
+        return None, f"{name}: no {PROJECT} or peer throughput row"
+    fastest = max(peers, key=lambda p: value(rows, p, "T", "rps"))
+    rps, peer_rps = value(rows, PROJECT, "T", "rps"), value(rows, fastest, "T", "rps")
+    ratio = rps / peer_rps
+    checks = []
+    for run in ("T", "L"):
+        ours, theirs = value(rows, PROJECT, run, "p99_us"), value(rows, fastest, run, "p99_us")
+        ok = ours is not None and theirs is not None and ours <= theirs
+        checks.append((run, ours, theirs, ok))
+    met = ratio >= 1.0 and all(ok for *_, ok in checks)
+    cpu = " ".join(
+        f"{t} {value(rows, t, 'T', 'rps') or 0:.0f} ({rows.get((t, 'T'), {}).get('proxy_cpu_us_per_req') or '-'} µs)"
+        for t in (*peers, PROJECT)
+    )
+    p99s = " ".join(f"{run} p99 {o:.0f}/{t:.0f} {'ok' if ok else 'worse'}" for run, o, t, ok in checks if o and t)
+    line = f"{name}: {cpu} | {ratio:.2f} of {fastest} | {p99s} | {'MET' if met else 'not met'}"
+    return (ratio, met), line
+
+
+def main(paths):
+    if not paths:
+        print(__doc__.strip())
+        return 2
+    outcomes = []
+    for path in paths:
+        outcome, line = verdict(*load(path))
+        print(line)
+        if outcome:
+            outcomes.append(outcome)
+    if outcomes:
+        ratios = [r for r, _ in outcomes]
+        met = sum(1 for _, m in outcomes if m)
+        print(
+            f"{len(outcomes)} runs: throughput {min(ratios):.2f}-{max(ratios):.2f} of the fastest peer "
+            f"(median {statistics.median(ratios):.2f}); goal met in {met}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
