@@ -434,8 +434,7 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, H1Error
     let mut headers = HeaderMap::with_capacity(count + 4);
     let mut framing = FramingFields::default();
     for span in spans {
-        let name =
-            HeaderName::from_bytes(slice(span.name)?).map_err(|_| H1Error::Invalid("header field name"))?;
+        let name = field_name(slice(span.name)?).map_err(|_| H1Error::Invalid("header field name"))?;
         let value = slice(span.value)?;
         let value = if value.is_empty() {
             HeaderValue::from_static("")
@@ -447,6 +446,53 @@ fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, H1Error
         headers.append(name, value);
     }
     Ok(Some(ParsedHead { status, version, headers, framing }))
+}
+
+/// A response field's name: the common ones recognised by comparing words of their bytes,
+/// any other by `HeaderName::from_bytes`, which validates and lower-cases the bytes and looks the
+/// result up among all standard names (~190 instructions a field). `name` is a token (httparse
+/// checked it).
+fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    use http::header::{
+        CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, DATE, ETAG, LAST_MODIFIED, SERVER, SET_COOKIE, VARY,
+    };
+    let is = |lower: &[u8]| token_eq_lower(name, lower);
+    Ok(match name.len() {
+        4 if is(b"date") => DATE,
+        4 if is(b"etag") => ETAG,
+        4 if is(b"vary") => VARY,
+        6 if is(b"server") => SERVER,
+        10 if is(b"connection") => CONNECTION,
+        10 if is(b"set-cookie") => SET_COOKIE,
+        12 if is(b"content-type") => CONTENT_TYPE,
+        13 if is(b"cache-control") => CACHE_CONTROL,
+        13 if is(b"last-modified") => LAST_MODIFIED,
+        14 if is(b"content-length") => CONTENT_LENGTH,
+        16 if is(b"content-encoding") => CONTENT_ENCODING,
+        17 if is(b"transfer-encoding") => TRANSFER_ENCODING,
+        _ => return HeaderName::from_bytes(name),
+    })
+}
+
+/// Whether token `name` is `lower` (lower-case letters and `-`) in any letter case. Setting bit
+/// 5 lower-cases a letter and keeps `-`; no other token byte becomes a letter or `-` by it, so the
+/// comparison is exact for tokens. Eight bytes at a time, the last word overlapping.
+fn token_eq_lower(name: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = u64::from_ne_bytes([0x20; 8]);
+    if name.len() != lower.len() {
+        return false;
+    }
+    if name.len() < 8 {
+        return name.iter().zip(lower).all(|(byte, expected)| byte | 0x20 == *expected);
+    }
+    let word = |bytes: &[u8], at: usize| {
+        bytes.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()).map(u64::from_ne_bytes)
+    };
+    let same = |at: usize| match (word(name, at), word(lower, at)) {
+        (Some(got), Some(expected)) => got | CASE == expected,
+        _ => false,
+    };
+    (0..name.len() / 8).all(|i| same(i * 8)) && same(name.len() - 8)
 }
 
 /// What the framing fields of a response head say, gathered while the fields are read (instead

@@ -607,3 +607,84 @@ async fn an_upstream_that_speaks_before_the_head_is_written_fails_the_exchange_a
     let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut sent)).await;
     assert!(sent.is_empty(), "the head was withdrawn: {}", String::from_utf8_lossy(&sent));
 }
+
+/// Every byte a field name may hold (RFC 9110 `tchar`).
+fn token_bytes() -> impl Iterator<Item = u8> {
+    (0u8..=127).filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+}
+
+#[test]
+fn token_words_compare_as_ascii_case_insensitive_equality() {
+    let known: [&[u8]; 12] = [
+        b"date",
+        b"etag",
+        b"vary",
+        b"server",
+        b"connection",
+        b"set-cookie",
+        b"content-type",
+        b"cache-control",
+        b"last-modified",
+        b"content-length",
+        b"content-encoding",
+        b"transfer-encoding",
+    ];
+    for lower in known {
+        // Each position replaced by every token byte: the word comparison says what a byte-wise
+        // case-insensitive comparison says (so bit 5 never makes a different token byte match).
+        for at in 0..lower.len() {
+            for byte in token_bytes() {
+                let mut name = lower.to_vec();
+                name[at] = byte;
+                assert_eq!(
+                    token_eq_lower(&name, lower),
+                    name.eq_ignore_ascii_case(lower),
+                    "{:?} against {:?}",
+                    String::from_utf8_lossy(&name),
+                    String::from_utf8_lossy(lower)
+                );
+            }
+        }
+        assert!(token_eq_lower(&lower.to_ascii_uppercase(), lower));
+        assert!(!token_eq_lower(&lower[1..], lower), "a shorter name is another name");
+    }
+}
+
+#[test]
+fn field_names_common_or_not_come_out_as_from_bytes_makes_them() {
+    for name in [
+        "Date",
+        "ETag",
+        "vary",
+        "SERVER",
+        "Connection",
+        "Set-Cookie",
+        "Content-Type",
+        "cache-control",
+        "Last-Modified",
+        "Content-Length",
+        "Content-Encoding",
+        "Transfer-Encoding",
+        "X-Up",
+        "Content-Typf",
+        "dates",
+        "Server-Timing",
+        "x-content-length",
+    ] {
+        let fast = field_name(name.as_bytes()).expect(name);
+        let slow = HeaderName::from_bytes(name.as_bytes()).expect(name);
+        assert_eq!(fast, slow, "{name}");
+        assert_eq!(fast.as_str(), name.to_ascii_lowercase(), "{name}");
+    }
+    assert_eq!(field_name(b"content-type").expect("known"), http::header::CONTENT_TYPE);
+    assert!(field_name(b"bad name").is_err());
+    assert!(field_name(b"").is_err());
+    // The word comparison relies on names being tokens: a byte that would pass for `-` with bit 5
+    // set (CR) never reaches it.
+    for head in [
+        &b"HTTP/1.1 200 OK\r\nContent\rLength: 5\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer\rEncoding: chunked\r\n\r\n",
+    ] {
+        assert!(parse_response_head(&mut BytesMut::from(head)).is_err(), "{head:?}");
+    }
+}
