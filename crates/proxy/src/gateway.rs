@@ -16,7 +16,6 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderValue, Request, Response, header};
@@ -162,7 +161,7 @@ impl Gateway {
     /// Serves one request. The body type is the observing wrapper itself (not boxed again):
     /// one allocation per request fewer.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<Observed> {
-        let start = Instant::now();
+        let start = tokio::time::Instant::now();
         // Until the response is done, the connection is not waiting for a request head.
         let busy = conn.activity.as_ref().map(|activity| activity.begin(request.version()));
         // The head stays here and goes down by reference (see `Received`).

@@ -4,11 +4,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, Record};
 use crate::body::{BoxError, ProxyBody};
@@ -20,7 +20,7 @@ pub struct Completion {
     pub metrics: Arc<RouteMetrics>,
     /// Request method, for the counter.
     pub method: Method,
-    /// When the request arrived.
+    /// When the request arrived (tokio's clock, which the connection's idle watchdog keeps too).
     pub start: Instant,
     /// The access-log line to finish and write, when this stage logs.
     pub record: Option<Box<Record>>,
@@ -41,7 +41,7 @@ impl Completion {
             self.log.write(&record);
         }
         if let Some(busy) = self.busy {
-            busy.end_at(now.into());
+            busy.end_at(now);
         }
     }
 }
