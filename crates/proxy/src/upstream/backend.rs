@@ -348,8 +348,8 @@ impl BackendRuntime {
         avoid: Option<&Authority>,
     ) -> Option<&'e Endpoint> {
         // The clock is read only when ejections are possible.
-        let now = if self.outlier.is_some() { self.now_ms() } else { 0 };
-        let ejected = |e: &Endpoint| self.outlier.is_some() && outlier::is_ejected(&e.stats, now);
+        let now = self.outlier.as_ref().map(|_| self.now_ms());
+        let ejected = |e: &Endpoint| now.is_some_and(|now| outlier::is_ejected(&e.stats, now));
         let choose = |available: &dyn Fn(&Endpoint) -> bool| match (&self.balancing, key) {
             (LoadBalancing::ConsistentHash { .. }, Some(key)) => {
                 balance::rendezvous(endpoints, available, key)
