@@ -3,9 +3,11 @@
 #
 #   docker build -t tollgate:dev .
 #
-# Stage 1 compiles a release binary; stage 2 copies only that binary into a distroless base
-# (glibc + libgcc + CA certificates, no shell, no package manager) and runs it as an unprivileged
-# user. The process writes nothing to its root filesystem, so `readOnlyRootFilesystem: true`
+# Stage 1 compiles a profile-guided release binary (build/pgo.sh: an instrumented build, a short
+# training run of the gateway on loopback, the optimized build; ~25 % fewer instructions per
+# proxied request than a plain release build, see docs/benchmarks.md); stage 2 copies only that
+# binary into a distroless base (glibc + libgcc + CA certificates, no shell, no package manager)
+# and runs it as an unprivileged user. The process writes nothing to its root filesystem, so `readOnlyRootFilesystem: true`
 # works; quota state (`--state-dir`) needs a mounted volume when Redis is not used.
 
 ARG RUST_VERSION=1.95
@@ -17,8 +19,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin tollgate \
- && install -D -m 0755 target/release/tollgate /out/tollgate \
+    rustup component add llvm-tools \
+ && bin=$(build/pgo.sh | tail -n 1) \
+ && install -D -m 0755 "$bin" /out/tollgate \
  && /out/tollgate --version
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -14,10 +14,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 shared=${SHARED_BENCH:-$root/../shared/bench}
 secs=${1:-10}
-bin=$root/target/release/tollgate
 backend=$shared/backend/target/release/bench-backend
 [[ -x $backend ]] || { echo "build $backend first (bash $shared/setup.sh)" >&2; exit 2; }
-cargo build --release --locked --manifest-path "$root/Cargo.toml" >&2
+bin=$("$here/binary.sh")
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 token=$(tr -d '\n' < "$shared/fixtures/jwt/token.jwt")
 key=bench-key-0123456789abcdef
