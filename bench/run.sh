@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the shared side-by-side benchmark (../shared/bench) with Tollgate added, on the
-# profile-guided release build the container image ships (bench/binary.sh; TOLLGATE_BENCH_BUILD=release
-# measures a plain release build instead). Usage: bench/run.sh [extra run.sh arguments, e.g.
-# --peers direct,nginx,haproxy]
+# profile-guided release build the container image ships (bench/binary.sh;
+# TOLLGATE_BENCH_BUILD=release measures a plain release build instead).
+# Usage: bench/run.sh [extra run.sh arguments, e.g. --peers direct,nginx,haproxy]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)

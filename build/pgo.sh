@@ -17,7 +17,7 @@
 # the JWT path (no slower than in a plain build).
 #
 # Needs: cargo, curl, and llvm-profdata from `rustup component add llvm-tools`. Training listens on
-# 127.0.0.1:19190-19192 (PGO_PORT_BASE moves them) for about half a minute.
+# 127.0.0.1:19190-19192 (PGO_PORT_BASE moves them) for some 73,000 requests (6 s on a 2-core VM).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 gen=${PGO_GEN_DIR:-$root/target/pgo-gen}

@@ -14,7 +14,7 @@ fn tollgate(args: &[&str]) -> (i32, String, String) {
 }
 
 /// The quickstart, the benchmark's configuration and the profile-guided build's training
-/// configuration (build/pgo.sh fails the image build if its gateway rejects them).
+/// configuration (a rejected training route would leave the image build without its profile).
 #[test]
 fn the_bundled_manifests_validate_cleanly() {
     for dir in ["examples/quickstart", "bench/manifests", "build/pgo"] {
