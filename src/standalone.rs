@@ -1,7 +1,8 @@
 //! `tollgate standalone`: compile a manifest folder, serve it, reload it when it changes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::watch;
@@ -28,21 +29,24 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 
     spawn_listeners(&mut tasks, &gateway, &args.serve, &shutdown).await?;
 
+    // The folder is read and compiled on a thread of its own, not on the runtime: reading files
+    // blocks, and compiling a large folder takes milliseconds to seconds, during which a runtime
+    // worker would serve no request (with `--workers 1`, none at all).
+    let (stop_reloading, reload_stopped) = mpsc::channel::<()>();
+    let runtime = tokio::runtime::Handle::current();
     let interval = args.serve.reload_interval;
+    std::thread::Builder::new()
+        .name("tollgate-reload".into())
+        .spawn(move || {
+            // Applying a configuration may start tasks (health checks, pools): on this runtime.
+            let _runtime = runtime.enter();
+            reloader.run(interval, &reload_stopped);
+        })
+        .context("starting the manifest reload thread")?;
     let mut reload_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Canary analysis runs in-process, on this task (it may recompile with a new weight).
-        let mut canary = tokio::time::interval(CANARY_TICK);
-        canary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => reloader.poll(),
-                _ = canary.tick() => reloader.canary_tick(),
-                _ = server::stopped(&mut reload_shutdown) => return,
-            }
-        }
+        server::stopped(&mut reload_shutdown).await;
+        drop(stop_reloading);
     });
 
     drain_on_signal(tasks, stop, &gateway, settings.drain_timeout).await;
@@ -50,7 +54,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 }
 
 /// How often the in-process canary analysis takes the local counts and checks its intervals.
-const CANARY_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+const CANARY_TICK: Duration = Duration::from_millis(200);
 
 /// Reloads the folder when its fingerprint changes; keeps the last good configuration when a
 /// reload fails. Runs the canary analysis in-process: its effective weights are handed to compile
@@ -78,6 +82,29 @@ impl Reloader {
             loaded: None,
             cache: LoadCache::new(),
             canary: Analyzer::new(SystemClock),
+        }
+    }
+
+    /// Checks the folder every `interval` and runs the canary analysis every [`CANARY_TICK`]
+    /// until `stop` is signalled (a message, or its sender dropped). A tick that runs late delays
+    /// the next one; none is made up for.
+    fn run(mut self, interval: Duration, stop: &mpsc::Receiver<()>) {
+        let mut next_poll = Instant::now() + interval;
+        let mut next_canary = Instant::now() + CANARY_TICK;
+        loop {
+            let wait = next_poll.min(next_canary).saturating_duration_since(Instant::now());
+            if !matches!(stop.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout)) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= next_poll {
+                self.poll();
+                next_poll = Instant::now() + interval;
+            }
+            if now >= next_canary {
+                self.canary_tick();
+                next_canary = Instant::now() + CANARY_TICK;
+            }
         }
     }
 

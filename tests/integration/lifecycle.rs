@@ -116,6 +116,48 @@ async fn in_flight_requests_finish_across_a_reload() {
     );
 }
 
+/// Reading and compiling the folder happens beside the traffic, not in its way: a reload stuck
+/// on a file that does not come (a named pipe nobody writes yet, standing in for a slow disk or a
+/// huge folder) leaves a single-worker gateway serving, and ends when the file arrives.
+#[tokio::test]
+async fn a_slow_reload_does_not_stop_the_traffic() {
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("r", "r"));
+    m.write("a.yaml", &mock_route("a", "/a", "one"));
+    let g = Tollgate::start_with(m.path(), &["--workers", "1"]).await;
+    let c = client();
+    assert_eq!(c.get(g.url("/a")).send().await.unwrap().text().await.unwrap(), "one");
+
+    let pipe = m.path().join("slow.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&pipe).status().expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", pipe.display());
+    // Opening the write side returns once the reload has opened the read side; the reload then
+    // waits for the file's bytes.
+    let opened = tokio::task::spawn_blocking({
+        let pipe = pipe.clone();
+        move || std::fs::OpenOptions::new().write(true).open(pipe)
+    });
+    let mut writer = tokio::time::timeout(WAIT, opened)
+        .await
+        .expect("the reload opens the new file")
+        .unwrap()
+        .expect("open the pipe for writing");
+
+    let answer = c.get(g.url("/a")).send().await.expect("served while the reload waits");
+    assert_eq!(answer.text().await.unwrap(), "one");
+    let ready = c.get(g.admin_url("/readyz")).send().await.expect("admin answers while the reload waits");
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    use std::io::Write;
+    writer.write_all(mock_route("slow", "/slow", "late").as_bytes()).unwrap();
+    drop(writer);
+    eventually("the reload that waited is applied", || async {
+        c.get(g.url("/slow")).send().await.unwrap().status() == StatusCode::OK
+    })
+    .await;
+    assert_eq!(c.get(g.url("/slow")).send().await.unwrap().text().await.unwrap(), "late");
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let (m, _backend) = slow_backend_manifests().await;
