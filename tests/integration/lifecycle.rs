@@ -1,5 +1,6 @@
 //! Hot reload, broken files, in-flight requests across reloads, graceful shutdown.
 
+use std::io::Write;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -132,15 +133,17 @@ async fn a_slow_reload_does_not_stop_the_traffic() {
     let made = std::process::Command::new("mkfifo").arg(&pipe).status().expect("run mkfifo");
     assert!(made.success(), "mkfifo {}", pipe.display());
     // Opening the write side returns once the reload has opened the read side; the reload then
-    // waits for the file's bytes.
-    let opened = tokio::task::spawn_blocking({
-        let pipe = pipe.clone();
-        move || std::fs::OpenOptions::new().write(true).open(pipe)
+    // waits for the file's bytes. On a thread of its own, not the runtime's blocking pool: should
+    // the reload never open the pipe, this open never returns, and the test must still end.
+    let (opened, open_result) = tokio::sync::oneshot::channel();
+    let write_side = pipe.clone();
+    std::thread::spawn(move || {
+        let _ = opened.send(std::fs::OpenOptions::new().write(true).open(write_side));
     });
-    let mut writer = tokio::time::timeout(WAIT, opened)
+    let mut writer = tokio::time::timeout(WAIT, open_result)
         .await
         .expect("the reload opens the new file")
-        .unwrap()
+        .expect("the opening thread reports")
         .expect("open the pipe for writing");
 
     let answer = c.get(g.url("/a")).send().await.expect("served while the reload waits");
@@ -148,7 +151,6 @@ async fn a_slow_reload_does_not_stop_the_traffic() {
     let ready = c.get(g.admin_url("/readyz")).send().await.expect("admin answers while the reload waits");
     assert_eq!(ready.status(), StatusCode::OK);
 
-    use std::io::Write;
     writer.write_all(mock_route("slow", "/slow", "late").as_bytes()).unwrap();
     drop(writer);
     eventually("the reload that waited is applied", || async {
