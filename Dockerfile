@@ -8,7 +8,8 @@
 # proxied request than a plain release build, see docs/benchmarks.md); stage 2 copies only that
 # binary into a distroless base (glibc + libgcc + CA certificates, no shell, no package manager)
 # and runs it as an unprivileged user. The process writes nothing to its root filesystem, so
-# `readOnlyRootFilesystem: true` works; quota state (`--state-dir`) needs a mounted volume when Redis is not used.
+# `readOnlyRootFilesystem: true` works; quota state (`--state-dir`) needs a mounted volume when
+# Redis is not used.
 
 ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
