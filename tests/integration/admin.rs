@@ -99,6 +99,19 @@ async fn access_log_has_one_json_line_per_request() {
     assert!(line["bytesSent"].as_u64().unwrap() > 0);
     assert!(!line.to_string().contains("secret"), "the query string is not logged");
 
+    // A path is the client's to choose: a matched route logs it cut, like an unmatched one.
+    let long_id = "a".repeat(5000);
+    let r = client()
+        .get(g.url(&format!("/orders/{long_id}")))
+        .header("x-request-id", "log-test-long")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let long = g.wait_for_log(|l| l["requestId"] == "log-test-long").await;
+    assert_eq!(long["route"], "shop/get-order");
+    assert_eq!(long["path"].as_str().unwrap().len(), 2048, "logged paths are cut to 2,048 characters");
+
     client().get(g.url("/missing")).header("x-request-id", "log-test-2").send().await.unwrap();
     let miss = g.wait_for_log(|l| l["requestId"] == "log-test-2").await;
     assert_eq!(miss["status"], 404);

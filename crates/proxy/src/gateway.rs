@@ -259,7 +259,7 @@ impl Gateway {
             record.api = Arc::clone(&policy.api);
             record.stage = Arc::clone(&policy.stage);
             record.route = Arc::clone(&policy.route);
-            path.as_ref().clone_into(&mut record.path);
+            set_logged_path(&mut record.path, &path);
         }
         if fields.content_length.is_some_and(|len| len > policy.max_body) {
             let error = ProxyError::PayloadTooLarge { limit: policy.max_body };
@@ -458,9 +458,18 @@ fn origin(parts: &http::request::Parts, fields: &ClientFields) -> Option<HeaderV
     if fields.origin { parts.headers.get(header::ORIGIN).cloned() } else { None }
 }
 
-/// `text` cut to `max` characters (copied whole, without counting, when its bytes fit).
-fn at_most_chars(text: &str, max: usize) -> String {
-    if text.len() <= max { text.to_owned() } else { text.chars().take(max).collect() }
+/// The most characters of a path an access-log line holds: a path is the client's to choose.
+const LOGGED_PATH_CHARS: usize = 2048;
+
+/// Sets the logged path to `path` cut to [`LOGGED_PATH_CHARS`] characters, reusing `logged`'s
+/// buffer (copied whole, without counting, when its bytes fit).
+fn set_logged_path(logged: &mut String, path: &str) {
+    logged.clear();
+    if path.len() <= LOGGED_PATH_CHARS {
+        logged.push_str(path);
+    } else {
+        logged.extend(path.chars().take(LOGGED_PATH_CHARS));
+    }
 }
 
 /// The request head, for the rare paths that take it (WebSocket upgrades), leaving an empty one.
@@ -501,7 +510,11 @@ fn new_record(
         request_id: request_id.to_str().unwrap_or_default().to_string(),
         method: request.method.as_str().to_string(),
         // `host` is set by the pipeline, which computes it anyway.
-        path: at_most_chars(request.uri.path(), 2048),
+        path: {
+            let mut path = String::new();
+            set_logged_path(&mut path, request.uri.path());
+            path
+        },
         protocol: match request.version {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
@@ -594,10 +607,15 @@ mod tests {
 
     #[test]
     fn logged_paths_are_cut_to_2048_characters() {
-        assert_eq!(at_most_chars("/short", 2048), "/short");
+        let cut = |path: &str| {
+            let mut logged = "/previous/request".to_owned();
+            set_logged_path(&mut logged, path);
+            logged
+        };
+        assert_eq!(cut("/short"), "/short");
         let long = "é".repeat(3000);
-        assert_eq!(at_most_chars(&long, 2048).chars().count(), 2048);
-        assert_eq!(at_most_chars(&"a".repeat(2048), 2048).len(), 2048);
+        assert_eq!(cut(&long).chars().count(), 2048);
+        assert_eq!(cut(&"a".repeat(2048)).len(), 2048);
     }
 
     #[test]
