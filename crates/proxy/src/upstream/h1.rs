@@ -278,7 +278,7 @@ pub async fn exchange(
         }
         Transport::Tls(stream) => {
             if others > 0 {
-                tokio::task::yield_now().await;
+                transport::to_the_back_of_the_queue().await;
             }
             // TLS buffers records: flushed after the head.
             let written = async {

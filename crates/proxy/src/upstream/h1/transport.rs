@@ -290,15 +290,80 @@ impl Batch {
         });
     }
 
-    /// Waits for the rest of the round (one yield: the task runs again once the tasks that are
-    /// ready now have run), then writes every queued head.
+    /// Waits for the rest of the round, then writes every queued head.
     async fn write(self: Arc<Self>) {
-        tokio::task::yield_now().await;
+        to_the_back_of_the_queue().await;
         let writers = self.writers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         // Each writer is let go of as soon as its head is out (a connection can be handed to
         // hyper only once nobody else holds its write side).
         for writer in writers.into_iter().flatten() {
             writer.write_queued();
         }
+    }
+}
+
+/// Puts the running task at the back of its worker's run queue: it runs again once the tasks
+/// that are ready now have run, and not later.
+///
+/// Not `tokio::task::yield_now`: that defers the task until the worker has run out of tasks (or
+/// ticks) and polled the I/O driver, and then queues it behind the tasks that poll woke, so a
+/// head waited for the next round as well, the upstream idle all the while. A task that wakes
+/// itself while it runs is queued at the back by both of tokio's schedulers (the multi-threaded
+/// one puts a task spawned from a worker in its LIFO slot, to run next: without this the batch
+/// task would write the first head alone).
+pub(super) async fn to_the_back_of_the_queue() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::to_the_back_of_the_queue;
+
+    /// The order in which a task sent to the back of the queue and the tasks around it ran.
+    fn order_around_a_task_sent_back(runtime: &tokio::runtime::Runtime) -> Vec<&'static str> {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let log = |what: &'static str| {
+            let order = Arc::clone(&order);
+            move || order.lock().expect("order").push(what)
+        };
+        let (x_before, x_after, y, z) = (log("x before"), log("x after"), log("y"), log("z"));
+        runtime.block_on(async move {
+            let (z_done, z_ran) = tokio::sync::oneshot::channel();
+            let x = tokio::spawn(async move {
+                // `y` is ready before `x` goes to the back; `z` becomes ready after.
+                tokio::spawn(async move {
+                    y();
+                    tokio::spawn(async move {
+                        z();
+                        let _ = z_done.send(());
+                    });
+                });
+                x_before();
+                to_the_back_of_the_queue().await;
+                x_after();
+            });
+            x.await.expect("x");
+            z_ran.await.expect("z");
+        });
+        Arc::try_unwrap(order).expect("tasks done").into_inner().expect("order")
+    }
+
+    #[test]
+    fn a_task_sent_back_runs_after_the_tasks_ready_then_and_before_later_ones() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        // `tokio::task::yield_now` would give x before, y, z, x after: the batch of request
+        // heads would wait for the tasks of the next round too.
+        assert_eq!(order_around_a_task_sent_back(&runtime), ["x before", "y", "x after", "z"]);
     }
 }
