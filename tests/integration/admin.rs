@@ -75,16 +75,15 @@ async fn config_shows_objects_and_diagnostics_but_no_secrets() {
     assert_eq!(routes.as_array().unwrap().len(), 1, "the broken route is left out, the valid one serves");
 }
 
+/// Sends `GET path` with `x-request-id: id`; the response's status.
+async fn get_with_request_id(g: &Tollgate, path: &str, id: &str) -> StatusCode {
+    client().get(g.url(path)).header("x-request-id", id).send().await.unwrap().status()
+}
+
 #[tokio::test]
 async fn access_log_has_one_json_line_per_request() {
     let (g, _b, _m, _pki) = setup().await;
-    let r = client()
-        .get(g.url("/orders/42?token=secret"))
-        .header("x-request-id", "log-test-1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(get_with_request_id(&g, "/orders/42?token=secret", "log-test-1").await, StatusCode::OK);
     let line = g.wait_for_log(|l| l["requestId"] == "log-test-1").await;
     assert_eq!(line["api"], "shop/shop");
     assert_eq!(line["stage"], "prod");
@@ -101,18 +100,12 @@ async fn access_log_has_one_json_line_per_request() {
 
     // A path is the client's to choose: a matched route logs it cut, like an unmatched one.
     let long_id = "a".repeat(5000);
-    let r = client()
-        .get(g.url(&format!("/orders/{long_id}")))
-        .header("x-request-id", "log-test-long")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(get_with_request_id(&g, &format!("/orders/{long_id}"), "log-test-long").await, StatusCode::OK);
     let long = g.wait_for_log(|l| l["requestId"] == "log-test-long").await;
     assert_eq!(long["route"], "shop/get-order");
     assert_eq!(long["path"].as_str().unwrap().len(), 2048, "logged paths are cut to 2,048 characters");
 
-    client().get(g.url("/missing")).header("x-request-id", "log-test-2").send().await.unwrap();
+    get_with_request_id(&g, "/missing", "log-test-2").await;
     let miss = g.wait_for_log(|l| l["requestId"] == "log-test-2").await;
     assert_eq!(miss["status"], 404);
     assert_eq!(miss["error"], "no_route");
