@@ -1,5 +1,6 @@
 //! `tollgate standalone`: compile a manifest folder, serve it, reload it when it changes.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -98,14 +99,43 @@ impl Reloader {
             }
             let now = Instant::now();
             if now >= next_poll {
-                self.poll();
+                self.survive_panic("reloading the manifests", Reloader::poll);
                 next_poll = Instant::now() + interval;
             }
             if now >= next_canary {
-                self.canary_tick();
+                self.survive_panic("the canary analysis", Reloader::canary_tick);
                 next_canary = Instant::now() + CANARY_TICK;
             }
         }
+    }
+
+    /// Runs one step of the loop. A panic in it (a bug, in the loader, the compiler or the
+    /// analysis) is logged, counted and shown in `/config` like a failed reload, and the loop goes
+    /// on: the last good configuration keeps serving and the next change to the folder is loaded.
+    fn survive_panic(&mut self, step: &str, run: impl FnOnce(&mut Reloader)) {
+        let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| run(self))) else {
+            return;
+        };
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        tracing::error!(step, panic = %message, "panicked; still serving the last good configuration");
+        // The parse cache may hold half an update: the next reload reads every file again.
+        self.cache = LoadCache::new();
+        self.record_error(format!("{step} panicked: {message}"));
+    }
+
+    /// Counts a failed reload and shows its error in `/config`, next to the configuration that
+    /// keeps serving (the next successful reload replaces the view, and with it the error).
+    fn record_error(&self, error: String) {
+        self.gateway.metrics().config_errors.inc();
+        let mut current = (*self.gateway.config_view()).clone();
+        if let Some(object) = current.as_object_mut() {
+            object.insert("lastError".into(), serde_json::Value::String(error));
+        }
+        self.gateway.set_config_view(current);
     }
 
     /// Feeds the local per-track counts to the analysis; recompiles when a weight changed.
@@ -144,12 +174,7 @@ impl Reloader {
             Ok(loaded) => loaded,
             Err(error) => {
                 self.fingerprint = fingerprint;
-                self.gateway.metrics().config_errors.inc();
-                let mut current = (*self.gateway.config_view()).clone();
-                if let Some(object) = current.as_object_mut() {
-                    object.insert("lastError".into(), serde_json::Value::String(error.to_string()));
-                }
-                self.gateway.set_config_view(current);
+                self.record_error(error.to_string());
                 return Err(error.into());
             }
         };
@@ -219,5 +244,73 @@ fn log_reports(dir: &Path, reports: &[tollgate_controller::ObjectReport]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_proxy::access_log::AccessLog;
+    use tollgate_proxy::metrics::Metrics;
+    use tollgate_proxy::upstream::{UpstreamClient, UpstreamSettings};
+
+    const API: &str = "apiVersion: tollgate.dev/v1alpha1
+kind: GatewayAPI
+metadata: {name: shop, namespace: shop}
+spec:
+  stages: [{name: prod}]
+";
+
+    fn mock_route(name: &str, path: &str) -> String {
+        format!(
+            "apiVersion: tollgate.dev/v1alpha1
+kind: Route
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  apiRef: {{name: shop}}
+  match: {{methods: [GET], path: {path}}}
+  integration: {{mock: {{status: 200, body: ok}}}}
+"
+        )
+    }
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::write(dir.join(file), text).unwrap_or_else(|e| panic!("writing {file}: {e}"));
+    }
+
+    fn gateway() -> Arc<Gateway> {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let client = UpstreamClient::new(&UpstreamSettings::default()).unwrap_or_else(|e| panic!("{e}"));
+        Gateway::new(client, Arc::clone(&metrics), AccessLog::disabled(metrics))
+    }
+
+    #[test]
+    fn a_panic_while_reloading_is_reported_and_the_next_change_still_loads() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let runtime = runtime.unwrap_or_else(|e| panic!("{e}"));
+        let _entered = runtime.enter();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write(dir.path(), "api.yaml", API);
+        write(dir.path(), "health.yaml", &mock_route("health", "/health"));
+        let gateway = gateway();
+        let mut reloader = Reloader::new(dir.path().to_path_buf(), Arc::clone(&gateway));
+        reloader.reload().unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(gateway.config_view()["version"], 1);
+
+        // A bug in a step: the loop survives it, says so, and keeps the configuration serving.
+        reloader.survive_panic("reloading the manifests", |_| panic!("compiler bug at route 7"));
+        let view = gateway.config_view();
+        assert_eq!(view["lastError"], "reloading the manifests panicked: compiler bug at route 7");
+        assert_eq!(view["version"], 1, "the last good configuration is still the one shown");
+        assert_eq!(gateway.metrics().config_errors.get(), 1);
+        assert!(gateway.is_ready(), "the last good configuration still serves");
+
+        // The next change to the folder is picked up by the same loop.
+        write(dir.path(), "orders.yaml", &mock_route("orders", "/orders"));
+        reloader.survive_panic("reloading the manifests", Reloader::poll);
+        let view = gateway.config_view();
+        assert_eq!(view["version"], 2, "{view}");
+        assert!(view["lastError"].is_null(), "a successful reload clears the error: {view}");
+        assert_eq!(gateway.metrics().config_errors.get(), 1);
     }
 }
