@@ -118,9 +118,9 @@ impl Reloader {
         };
         let message = panic
             .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".to_owned());
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
         tracing::error!(step, panic = %message, "panicked; still serving the last good configuration");
         // The parse cache may hold half an update: the next reload reads every file again.
         self.cache = LoadCache::new();
