@@ -8,7 +8,7 @@
 //! a frame the proxy `POST`s an [`AppliedReport`] to [`APPLIED_PATH`]. Pure data and byte
 //! shuffling: no IO happens here.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -166,9 +166,18 @@ fn framed(kind: u8, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
 
 fn compress_json<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    serde_json::to_writer(&mut encoder, value).map_err(FrameError::Json)?;
+    // Buffered: serde_json writes token by token, and each write into the encoder zeroes its
+    // whole output buffer (32 KiB) first. Unbuffered, a 10,000-Route snapshot spent over 80 % of
+    // its encoding time in that memset.
+    let mut buffered = std::io::BufWriter::with_capacity(COMPRESS_INPUT_BUFFER, &mut encoder);
+    serde_json::to_writer(&mut buffered, value).map_err(FrameError::Json)?;
+    buffered.flush().map_err(FrameError::Compression)?;
+    drop(buffered);
     encoder.finish().map_err(FrameError::Compression)
 }
+
+/// Input handed to the deflate encoder at once (see `compress_json`).
+const COMPRESS_INPUT_BUFFER: usize = 64 * 1024;
 
 fn decompress_json<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     let mut decoder = flate2::read::DeflateDecoder::new(payload).take(MAX_PAYLOAD_BYTES + 1);
