@@ -1,6 +1,6 @@
 //! `tollgate proxy`: serve traffic from snapshots the controller streams; ready after the first.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,15 +36,11 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         max_backoff: Duration::from_secs(10),
     };
     let view_gateway = Arc::clone(&gateway);
-    // The newest version whose `/config` view was set, so that a slow view of an older snapshot
-    // never replaces a newer one.
-    let view_version = Arc::new(Mutex::new(0u64));
     let on_apply = Arc::new(move |snapshot: &Arc<tollgate_ir::Snapshot>| {
-        // Building the view of 10,000 routes takes longer than applying them: do it off the
-        // subscription, so that the applied version is reported (and served) without waiting.
-        let (snapshot, gateway, latest) =
-            (Arc::clone(snapshot), Arc::clone(&view_gateway), Arc::clone(&view_version));
-        tokio::task::spawn_blocking(move || {
+        // The view of 10,000 routes costs more than applying them, and endpoint updates come as
+        // often as pods change: built when `/config` is read, for the snapshot served then.
+        let snapshot = Arc::clone(snapshot);
+        view_gateway.defer_config_view(Box::new(move || {
             let mut view = tollgate_controller::view::config_view(&snapshot, &[], None);
             // The canaries' weights as served (phase and decisions are in the GatewayAPI's status).
             let canaries =
@@ -53,12 +49,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             if let Some(object) = view.as_object_mut() {
                 object.insert("canaries".into(), canaries);
             }
-            let mut latest = latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if snapshot.version >= *latest {
-                *latest = snapshot.version;
-                gateway.set_config_view(view);
-            }
-        });
+            view
+        }));
     });
     let subscriber =
         Subscriber::new(settings, Arc::clone(&gateway), on_apply).context("setting up the subscription")?;

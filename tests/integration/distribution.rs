@@ -177,6 +177,15 @@ impl Proxy {
         Some((status, r.text().await.ok()?))
     }
 
+    /// The admin port's `/config`, as text.
+    async fn config(&self) -> String {
+        let url = format!("http://{}/config", self.admin);
+        match client().get(url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     async fn serves(&self, path: &str, body: &str) -> bool {
         self.get(path).await.is_some_and(|(s, b)| s == StatusCode::OK && b == body)
     }
@@ -320,6 +329,8 @@ async fn endpoint_changes_take_the_cheap_path() {
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
         assert_eq!(server(&body), "a", "{path}");
     }
+    let config = proxy.config().await;
+    assert!(config.contains(&a.addr.to_string()) && !config.contains(&b.addr.to_string()), "{config}");
 
     // Only the EndpointSlice changes: no compile, an endpoint update.
     m.write("svc.yaml", &service_yaml("shop", "orders", 80, &[b.addr]));
@@ -329,6 +340,9 @@ async fn endpoint_changes_take_the_cheap_path() {
         })
         .await;
     }
+    // The proxy's `/config` is built when read: it shows the endpoints served now.
+    let config = proxy.config().await;
+    assert!(config.contains(&b.addr.to_string()) && !config.contains(&a.addr.to_string()), "{config}");
     let metrics = controller.metrics().await;
     assert!(
         metrics.contains("tollgate_controller_reconciles_total{kind=\"endpoints\",result=\"published\"} 1"),
@@ -401,6 +415,94 @@ async fn propagation_latency_with_10_and_10000_routes() {
                 .join("\n")
         );
     }
+}
+
+/// The cost of one endpoint update at 10,000 Routes over 100 Services: a Service's endpoints
+/// change until both proxies send to the new one, and each proxy's CPU time meanwhile. A
+/// benchmark, not a test (never asserts time): `cargo test --release --test integration --
+/// --ignored --nocapture endpoint_update_cost`.
+#[tokio::test]
+#[ignore = "benchmark; run explicitly"]
+async fn endpoint_update_cost_with_10000_routes() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let m = Manifests::new();
+    m.write("api.yaml", &simple_api("shop", "shop"));
+    let mut routes = String::new();
+    for i in 0..10_000 {
+        let body = format!(
+            "  match: {{path: /r/{i}}}\n  integration: {{service: {{name: svc-{}, port: 80}}}}\n",
+            i % 100
+        );
+        routes.push_str(&route_yaml("shop", &format!("r{i}"), "shop", &body));
+        routes.push_str("---\n");
+    }
+    m.write("routes.yaml", &routes);
+    for s in 0..100 {
+        m.write(&format!("svc-{s}.yaml"), &service_yaml("shop", &format!("svc-{s}"), 80, &[a.addr]));
+    }
+    let creds = Credentials::new(TOKEN);
+    let controller = Controller::spawn(m.path(), &creds, addr());
+    let proxies = [
+        Proxy::spawn(controller.serve, &creds, &creds.path("token"), "a"),
+        Proxy::spawn(controller.serve, &creds, &creds.path("token"), "b"),
+    ];
+    let server =
+        |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap_or_default()["server"].clone();
+    for p in &proxies {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !p.get("/r/0").await.is_some_and(|(_, body)| server(&body) == "a") {
+            assert!(Instant::now() < deadline, "{}", p.process.stderr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Settle: the first snapshot's `/config` views are built in the background.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = |p: &Proxy| cpu_time(p.process.child.id());
+    let (mut latency, mut cpu_used) = (Vec::new(), Vec::new());
+    for round in 0..10 {
+        let (to, name) = if round % 2 == 0 { (b.addr, "b") } else { (a.addr, "a") };
+        let before: Vec<Duration> = proxies.iter().map(cpu).collect();
+        let written = Instant::now();
+        m.write("svc-0.yaml", &service_yaml("shop", "svc-0", 80, &[to]));
+        for p in &proxies {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !p.get("/r/0").await.is_some_and(|(_, body)| server(&body) == name) {
+                assert!(Instant::now() < deadline, "{}", p.process.stderr());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        latency.push(written.elapsed());
+        // Work done after the switch (the `/config` view) counts too.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        for (p, before) in proxies.iter().zip(before) {
+            cpu_used.push(cpu(p).saturating_sub(before));
+        }
+    }
+    latency.sort();
+    cpu_used.sort();
+    let mid = |v: &[Duration]| v[v.len() / 2];
+    eprintln!(
+        "endpoint update at 10,000 routes: served by both proxies after min {:?}, median {:?}, max {:?}; \
+         proxy CPU per update (incl. ~0.7 s idle) min {:?}, median {:?}, max {:?}",
+        latency[0],
+        mid(&latency),
+        latency[latency.len() - 1],
+        cpu_used[0],
+        mid(&cpu_used),
+        cpu_used[cpu_used.len() - 1]
+    );
+}
+
+/// User plus system CPU time of a process (Linux `/proc/PID/stat`; clock ticks of 10 ms).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): the first is field 3 (state), so
+    // utime and stime (fields 14 and 15) are the 12th and 13th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    Duration::from_millis(ticks * 10)
 }
 
 /// Canary evidence without an analysis: every proxy reports its per-track counts and the

@@ -45,6 +45,8 @@ pub async fn serve_admin(
                 async move {
                     let response = if request.uri().path() == "/usage" {
                         usage_response(&gateway, request.uri().query()).await
+                    } else if request.uri().path() == "/config" && allowed_method(&request) {
+                        config_response(gateway).await
                     } else {
                         admin_response(&gateway, extra.as_ref(), &request)
                     };
@@ -63,7 +65,7 @@ fn admin_response<B>(
     extra: Option<&ExtraMetrics>,
     request: &Request<B>,
 ) -> Response<ProxyBody> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    if !allowed_method(request) {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", "text/plain");
     }
     match request.uri().path() {
@@ -81,16 +83,31 @@ fn admin_response<B>(
             }
             text(StatusCode::OK, body, "text/plain; version=0.0.4")
         }
-        "/config" => {
-            let view = gateway.config_view();
-            let body = serde_json::to_string_pretty(&*view).unwrap_or_default();
-            text(StatusCode::OK, body, "application/json")
-        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz, /readyz, /metrics, /config, /usage?plan=ns/name\n",
             "text/plain",
         ),
+    }
+}
+
+fn allowed_method<B>(request: &Request<B>) -> bool {
+    request.method() == Method::GET || request.method() == Method::HEAD
+}
+
+/// `/config`: the view of the configuration served, built first if it was deferred (a large
+/// snapshot takes a while), on a blocking thread.
+async fn config_response(gateway: Arc<Gateway>) -> Response<ProxyBody> {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let view = gateway.config_view();
+        serde_json::to_string_pretty(&*view).unwrap_or_default()
+    })
+    .await;
+    match rendered {
+        Ok(body) => text(StatusCode::OK, body, "application/json"),
+        Err(_) => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, "building the view failed; see the log\n", "text/plain")
+        }
     }
 }
 

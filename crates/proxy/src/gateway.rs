@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use tollgate_ir as ir;
@@ -62,7 +62,7 @@ pub struct Gateway {
     client: UpstreamClient,
     metrics: Arc<Metrics>,
     access_log: AccessLog,
-    config_view: ArcSwap<serde_json::Value>,
+    config_view: crate::config_view::ConfigView,
     traffic: crate::traffic::TrafficState,
     websockets: Arc<crate::websocket::Hub>,
 }
@@ -87,7 +87,7 @@ impl Gateway {
             client,
             metrics,
             access_log,
-            config_view: ArcSwap::from_pointee(serde_json::json!({"version": null})),
+            config_view: crate::config_view::ConfigView::new(serde_json::json!({"version": null})),
             traffic,
             websockets: crate::websocket::Hub::new(&metrics_for_hub),
         })
@@ -123,14 +123,37 @@ impl Gateway {
         self.metrics.config_version.set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
     }
 
+    /// Applies an endpoint update to the tables being served, without rebuilding them; returns
+    /// how many backends changed, or `None` when nothing is served yet. The update must be based
+    /// on the snapshot last applied (the subscription checks that).
+    pub fn apply_endpoints(&self, update: &ir::distribution::EndpointUpdate) -> Option<usize> {
+        let runtime = self.runtime.load();
+        let changed = runtime.as_ref()?.apply_endpoints(update);
+        self.metrics.config_version.set(i64::try_from(update.version).unwrap_or(i64::MAX));
+        Some(changed)
+    }
+
     /// Publishes the document served at the admin port's `/config` (already redacted).
     pub fn set_config_view(&self, view: serde_json::Value) {
-        self.config_view.store(Arc::new(view));
+        self.config_view.set(view);
+    }
+
+    /// Publishes the `/config` document as built by `build` when first read (for configurations
+    /// that change more often than anyone reads it; see `config_view`).
+    pub fn defer_config_view(&self, build: crate::config_view::DeferredView) {
+        self.config_view.defer(build);
+    }
+
+    /// Drops a `/config` document not built yet, and what it holds; the last built one is
+    /// served until the next is published.
+    pub fn discard_pending_config_view(&self) {
+        self.config_view.discard_pending();
     }
 
     /// The `/config` document.
+    /// Builds a deferred one first, which can take long: call it off the async workers.
     pub fn config_view(&self) -> Arc<serde_json::Value> {
-        self.config_view.load_full()
+        self.config_view.get()
     }
 
     /// Writes out buffered access-log lines (call once serving has stopped).
@@ -145,7 +168,7 @@ impl Gateway {
 
     /// The version being served, if any.
     pub fn version(&self) -> Option<u64> {
-        self.runtime.load().as_ref().map(|r| r.version)
+        self.runtime.load().as_ref().map(|r| r.version())
     }
 
     /// The metrics registry.

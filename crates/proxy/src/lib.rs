@@ -16,6 +16,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod canary;
+pub mod config_view;
 pub mod connections;
 pub mod context;
 pub mod error;

@@ -2,9 +2,12 @@
 //!
 //! Everything one request needs (host table, stages, route tables, per-route policy, backends,
 //! certificates) hangs off one `Arc<Runtime>`, so a request never sees two configurations mixed.
+//! The one exception is an endpoint update: it changes only the endpoint lists of the backends
+//! resolved from the updated Services (and the version), in place.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,8 +24,9 @@ use crate::tls::CertTable;
 
 /// The compiled tables of one configuration version.
 pub struct Runtime {
-    /// The snapshot version these tables were built from.
-    pub version: u64,
+    /// The version served: the snapshot's these tables were built from, or that of the last
+    /// endpoint update applied to them.
+    version: AtomicU64,
     hosts: HostTable,
     apis: Vec<ApiRuntime>,
     /// TLS certificates by SNI.
@@ -31,6 +35,8 @@ pub struct Runtime {
     pub mtls: crate::auth::mtls::MtlsTable,
     /// Metric handles for requests that matched no route.
     pub unmatched: Arc<RouteMetrics>,
+    /// The backends resolved from Services, for endpoint updates.
+    services: crate::upstream::ServiceBackends,
 }
 
 struct ApiRuntime {
@@ -197,13 +203,28 @@ impl Runtime {
         }
         hosts.finish();
         Runtime {
-            version: snapshot.version,
+            version: AtomicU64::new(snapshot.version),
+            services: backends.finish(),
             hosts,
             apis,
             certs: CertTable::build(&snapshot.certificates),
             mtls: crate::auth::mtls::MtlsTable::build(snapshot),
             unmatched: Arc::new(metrics.route("", "", "")),
         }
+    }
+
+    /// The version served.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Applies an endpoint update in place: the backends of the updated Services get their new
+    /// endpoints, and the Runtime takes the update's version. Returns how many backends changed.
+    /// The caller makes sure the update is based on the snapshot these tables were built from.
+    pub fn apply_endpoints(&self, update: &ir::distribution::EndpointUpdate) -> usize {
+        let changed = self.services.update(update);
+        self.version.store(update.version, Ordering::Release);
+        changed
     }
 
     /// Chooses API, stage, track and route for a request. `host` is lower-case without port;

@@ -99,6 +99,10 @@ pub enum SubscribeError {
         /// The full version held.
         held: Option<u64>,
     },
+    /// Applying an endpoint update panicked (a bug): the tables may be partly updated, so the
+    /// proxy resubscribes for a full snapshot.
+    #[error("applying the endpoint update to version {0} panicked: resubscribing")]
+    UpdatePanicked(u64),
     /// The controller closed the stream.
     #[error("the controller closed the subscription")]
     Closed,
@@ -108,8 +112,9 @@ pub enum SubscribeError {
 /// against any analysis interval (at least 1s, typically minutes), so little is judged late.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Called after each snapshot is applied (e.g. to refresh `/config`), before the applied version
-/// is reported: keep it cheap, and move slow work (building a view of 10,000 routes) elsewhere.
+/// Called after each snapshot or endpoint update is applied (e.g. to refresh `/config`), before
+/// the applied version is reported: keep it cheap, and defer slow work (building a view of 10,000
+/// routes; see `Gateway::defer_config_view`).
 pub type OnApply = Arc<dyn Fn(&Arc<Snapshot>) + Send + Sync>;
 
 /// The proxy's end of the subscription.
@@ -291,10 +296,35 @@ impl Subscriber {
                 else {
                     return Err(SubscribeError::OutOfSync { base: update.base_version, held: held_full });
                 };
-                let mut snapshot = Arc::unwrap_or_clone(held);
-                let changed = snapshot.apply_endpoints(&update);
-                tracing::debug!(version = update.version, backends = changed, "endpoint update");
-                (Arc::new(snapshot), full)
+                let version = update.version;
+                let gateway = Arc::clone(&self.gateway);
+                // The `/config` view not built yet holds the snapshot: let go, so that it is not
+                // copied below (the updated one's view replaces it).
+                gateway.discard_pending_config_view();
+                // Pod churn: the served tables are updated in place (no rebuild). The held copy of
+                // the snapshot follows (for later updates and `/config`); copying it (when the
+                // `/config` view still holds it) and scanning its backends is CPU work at 10,000
+                // routes, so off the async workers too.
+                let updated = tokio::task::spawn_blocking(move || {
+                    let mut snapshot = Arc::unwrap_or_clone(held);
+                    snapshot.apply_endpoints(&update);
+                    let changed = gateway.apply_endpoints(&update);
+                    (Arc::new(snapshot), changed)
+                })
+                .await;
+                let Ok((snapshot, changed)) = updated else {
+                    return Err(SubscribeError::UpdatePanicked(version));
+                };
+                match changed {
+                    Some(changed) => {
+                        (self.on_apply)(&snapshot);
+                        tracing::debug!(version, backends = changed, "endpoint update applied in place");
+                        self.held = Some((snapshot, full));
+                        return Ok(Some(version));
+                    }
+                    // Nothing served yet (cannot happen while a snapshot is held): build it all.
+                    None => (snapshot, full),
+                }
             }
         };
         let version = snapshot.version;

@@ -24,7 +24,8 @@ mod pool;
 mod resolve;
 
 pub use backend::{
-    BackendBuilder, BackendRegistry, BackendRuntime, Caller, InFlight, TlsProfile, TlsSetup, UpstreamMetrics,
+    BackendBuilder, BackendRegistry, BackendRuntime, Caller, InFlight, ServiceBackends, TlsProfile, TlsSetup,
+    UpstreamMetrics,
 };
 pub use deadline::TimerSlot;
 pub use pool::{Affinity, Keep, Pool, PoolError, PoolSettings, Target};

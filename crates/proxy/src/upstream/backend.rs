@@ -2,6 +2,10 @@
 //! detection, DNS endpoints and per-backend TLS. What must outlive a configuration swap (cursor,
 //! in-flight and failure counters, ejections, DNS answers, TLS setups) lives in a registry keyed
 //! by backend identity; a new Runtime picks it up while the old one still holds it.
+//!
+//! A backend resolved from a Service keeps its endpoint list swappable: an endpoint update (pod
+//! churn) replaces the lists of the backends of the changed Services in place, without building
+//! a new Runtime (see [`ServiceBackends`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, header};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -109,7 +114,7 @@ impl BackendRegistry {
         for state in shared.values().filter_map(Weak::upgrade) {
             state.stats.prune();
         }
-        BackendBuilder { registry: self.clone(), metrics, made: HashMap::new() }
+        BackendBuilder { registry: self.clone(), metrics, made: HashMap::new(), by_service: HashMap::new() }
     }
 
     fn shared(&self, key: SharedKey) -> Arc<Shared> {
@@ -135,6 +140,26 @@ pub struct BackendBuilder<'m> {
     registry: BackendRegistry,
     metrics: Option<&'m UpstreamMetrics>,
     made: HashMap<String, Arc<BackendRuntime>>,
+    by_service: HashMap<ir::distribution::ServiceRef, Vec<Arc<BackendRuntime>>>,
+}
+
+/// The backends of one Runtime that were resolved from a Service, by Service port: what an
+/// endpoint update changes.
+#[derive(Default)]
+pub struct ServiceBackends(HashMap<ir::distribution::ServiceRef, Vec<Arc<BackendRuntime>>>);
+
+impl ServiceBackends {
+    /// Gives every backend of each listed Service its new endpoints; returns how many backends
+    /// changed. In-flight requests keep the list they picked from.
+    pub fn update(&self, update: &ir::distribution::EndpointUpdate) -> usize {
+        let mut changed = 0;
+        for service in &update.services {
+            for backend in self.0.get(&service.service).into_iter().flatten() {
+                changed += usize::from(backend.set_endpoints(&service.endpoints));
+            }
+        }
+        changed
+    }
 }
 
 impl BackendBuilder<'_> {
@@ -147,12 +172,7 @@ impl BackendBuilder<'_> {
         }
         let shared =
             self.registry.shared(SharedKey { name: b.name.clone(), scheme: b.scheme, dns: b.dns.clone() });
-        let endpoints: Arc<[Endpoint]> = b
-            .endpoints
-            .iter()
-            .filter_map(|e| Authority::try_from(e.as_str()).ok())
-            .map(|a| shared.stats.endpoint(a))
-            .collect();
+        let endpoints = endpoint_list(&shared, &b.endpoints);
         let tls = match &b.tls {
             None => TlsSetup::Default,
             Some(material) => match tls_profile(&shared, material, &self.registry.inner.roots) {
@@ -171,7 +191,7 @@ impl BackendBuilder<'_> {
             },
             host_header: b.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
             server_name: b.tls_server_name.clone(),
-            endpoints,
+            endpoints: ArcSwap::from_pointee(endpoints),
             balancing: b.load_balancing.clone(),
             outlier: b.outlier_detection,
             tls,
@@ -180,8 +200,27 @@ impl BackendBuilder<'_> {
             shared,
         });
         self.made.insert(identity, Arc::clone(&made));
+        // DNS backends take their endpoints from DNS, never from an endpoint update.
+        if let Some(service) = b.service.as_ref().filter(|_| b.dns.is_none()) {
+            self.by_service.entry(service.clone()).or_default().push(Arc::clone(&made));
+        }
         made
     }
+
+    /// The backends built from Services, for endpoint updates.
+    pub fn finish(self) -> ServiceBackends {
+        ServiceBackends(self.by_service)
+    }
+}
+
+/// The endpoints of `authorities` (unparsable ones left out), with the counters they share
+/// across Runtimes.
+fn endpoint_list(shared: &Shared, authorities: &[String]) -> Arc<[Endpoint]> {
+    authorities
+        .iter()
+        .filter_map(|e| Authority::try_from(e.as_str()).ok())
+        .map(|a| shared.stats.endpoint(a))
+        .collect()
 }
 
 /// Why the backend's TLS material is unusable.
@@ -294,7 +333,8 @@ pub struct BackendRuntime {
     pub server_name: Option<String>,
     /// TLS client setup for HTTPS.
     pub tls: TlsSetup,
-    endpoints: Arc<[Endpoint]>,
+    /// The configured endpoints; replaced whole by an endpoint update.
+    endpoints: ArcSwap<Arc<[Endpoint]>>,
     balancing: LoadBalancing,
     outlier: Option<OutlierDetection>,
     epoch: Instant,
@@ -316,8 +356,25 @@ impl BackendRuntime {
     pub async fn endpoints(&self) -> Result<Arc<[Endpoint]>, ResolveError> {
         match &self.shared.dns {
             Some(dns) => dns.endpoints().await,
-            None => Ok(Arc::clone(&self.endpoints)),
+            None => Ok(self.configured_endpoints()),
         }
+    }
+
+    /// The configured endpoints (of a backend that does not resolve DNS).
+    pub fn configured_endpoints(&self) -> Arc<[Endpoint]> {
+        Arc::clone(&**self.endpoints.load())
+    }
+
+    /// Replaces the configured endpoints; false when they are the same ones already.
+    fn set_endpoints(&self, authorities: &[String]) -> bool {
+        let current = self.endpoints.load();
+        let same = current.len() == authorities.len()
+            && current.iter().zip(authorities).all(|(e, a)| e.authority.as_str() == a.as_str());
+        if same {
+            return false;
+        }
+        self.endpoints.store(Arc::new(endpoint_list(&self.shared, authorities)));
+        true
     }
 
     /// The request's hash key under a ConsistentHash policy (`None`: not hashed, or the value is
@@ -455,15 +512,74 @@ mod tests {
         let mut builder = registry.builder(None);
         let old = builder.backend(&b);
         assert!(Arc::ptr_eq(&old, &builder.backend(&b)), "one backend per build");
-        let eps = Arc::clone(&old.endpoints);
+        let eps = old.configured_endpoints();
         old.record(&eps[0], &eps, true);
         // An endpoint update: the same backend with one more endpoint, built while the old
         // Runtime is still alive.
         let grown = ir_backend(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], LoadBalancing::RoundRobin);
         let new = registry.builder(None).backend(&grown);
-        let picks: Vec<String> =
-            (0..6).map(|_| new.pick(&new.endpoints, None, None).unwrap().authority.to_string()).collect();
+        let picks: Vec<String> = (0..6)
+            .map(|_| new.pick(&new.configured_endpoints(), None, None).unwrap().authority.to_string())
+            .collect();
         assert!(!picks.contains(&"10.0.0.1:80".to_string()), "still ejected: {picks:?}");
+    }
+
+    #[test]
+    fn an_endpoint_update_changes_the_backends_of_its_service_in_place() {
+        use ir::distribution::{EndpointUpdate, ServiceEndpoints, ServiceRef};
+        let registry = registry();
+        let orders = ServiceRef { namespace: "team".into(), name: "orders".into(), port: 80 };
+        let from_orders = |endpoints: &[&str], balancing| ir::Backend {
+            service: Some(orders.clone()),
+            ..ir_backend(endpoints, balancing)
+        };
+        let authorities =
+            |list: &[Endpoint]| list.iter().map(|e| e.authority.to_string()).collect::<Vec<_>>();
+        let mut builder = registry.builder(None);
+        let round_robin =
+            builder.backend(&from_orders(&["10.0.0.1:80", "10.0.0.2:80"], LoadBalancing::RoundRobin));
+        // The same Service under another policy is a backend of its own: updated too.
+        let hashed = builder.backend(&from_orders(
+            &["10.0.0.1:80", "10.0.0.2:80"],
+            LoadBalancing::ConsistentHash { hash_on: HashOn::SourceIp },
+        ));
+        let elsewhere = builder.backend(&ir_backend(&["10.0.9.9:80"], LoadBalancing::RoundRobin));
+        let services = builder.finish();
+        let before = round_robin.configured_endpoints();
+        round_robin.record(&before[0], &before, true);
+
+        let update = EndpointUpdate {
+            version: 2,
+            base_version: 1,
+            services: vec![ServiceEndpoints {
+                service: orders.clone(),
+                endpoints: vec!["10.0.0.1:80".into(), "10.0.0.3:80".into()],
+            }],
+        };
+        assert_eq!(services.update(&update), 2);
+        for backend in [&round_robin, &hashed] {
+            assert_eq!(authorities(&backend.configured_endpoints()), ["10.0.0.1:80", "10.0.0.3:80"]);
+        }
+        assert_eq!(authorities(&elsewhere.configured_endpoints()), ["10.0.9.9:80"], "another backend");
+        assert_eq!(
+            authorities(&before),
+            ["10.0.0.1:80", "10.0.0.2:80"],
+            "a request in flight keeps its list"
+        );
+        // The counters follow the endpoint: 10.0.0.1 is still ejected.
+        let now = round_robin.configured_endpoints();
+        let picks: Vec<String> =
+            (0..4).map(|_| round_robin.pick(&now, None, None).unwrap().authority.to_string()).collect();
+        assert_eq!(picks, ["10.0.0.3:80"; 4]);
+        assert_eq!(services.update(&update), 0, "the same lists again change nothing");
+        let other = EndpointUpdate {
+            services: vec![ServiceEndpoints {
+                service: ServiceRef { name: "billing".into(), ..orders },
+                endpoints: vec!["10.0.0.7:80".into()],
+            }],
+            ..update
+        };
+        assert_eq!(services.update(&other), 0, "another Service's update");
     }
 
     #[test]
@@ -523,9 +639,10 @@ mod tests {
             &["10.0.0.1:80", "10.0.0.2:80"],
             LoadBalancing::ConsistentHash { hash_on: HashOn::SourceIp },
         ));
-        let first = b.pick(&b.endpoints, Some(42), None).unwrap().authority.clone();
-        assert_eq!(b.pick(&b.endpoints, Some(42), None).unwrap().authority, first, "stable");
-        let retry = b.pick(&b.endpoints, Some(42), Some(&first)).unwrap();
+        let endpoints = b.configured_endpoints();
+        let first = b.pick(&endpoints, Some(42), None).unwrap().authority.clone();
+        assert_eq!(b.pick(&endpoints, Some(42), None).unwrap().authority, first, "stable");
+        let retry = b.pick(&endpoints, Some(42), Some(&first)).unwrap();
         assert_ne!(retry.authority, first);
     }
 }
