@@ -98,13 +98,8 @@ fn allowed_method<B>(request: &Request<B>) -> bool {
 /// `/config`: the view of the configuration served, built first if it was deferred (a large
 /// snapshot takes a while), on a blocking thread.
 async fn config_response(gateway: Arc<Gateway>) -> Response<ProxyBody> {
-    let rendered = tokio::task::spawn_blocking(move || {
-        let view = gateway.config_view();
-        serde_json::to_string_pretty(&*view).unwrap_or_default()
-    })
-    .await;
-    match rendered {
-        Ok(body) => text(StatusCode::OK, body, "application/json"),
+    match tokio::task::spawn_blocking(move || gateway.config_text()).await {
+        Ok(body) => text(StatusCode::OK, body.as_bytes().to_vec(), "application/json"),
         Err(_) => {
             text(StatusCode::INTERNAL_SERVER_ERROR, "building the view failed; see the log\n", "text/plain")
         }

@@ -5,7 +5,8 @@
 //! tens of megabytes of JSON values), and endpoint updates arrive as often as pods come and go.
 //! Building it for every update cost more CPU than everything else a proxy does for one (about
 //! 0.4 s per update at 10,000 Routes), for a page that is read now and then. A deferred view is
-//! built by the reader who first asks for it; later updates replace the pending one unbuilt.
+//! built by the reader who first asks for it; later updates replace the pending one unbuilt. Once
+//! built it is kept as text (the JSON tree of 10,000 Routes takes some 70 MB; its text, 10).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,10 +15,18 @@ use arc_swap::ArcSwap;
 /// Builds a `/config` document when it is first read.
 pub type DeferredView = Box<dyn FnOnce() -> serde_json::Value + Send>;
 
+/// A built document.
+enum Document {
+    /// As set.
+    Tree(Arc<serde_json::Value>),
+    /// Built from a deferred view, and rendered.
+    Text(Arc<str>),
+}
+
 /// The `/config` document, built or pending.
 pub struct ConfigView {
     /// The latest built document.
-    built: ArcSwap<serde_json::Value>,
+    built: ArcSwap<Document>,
     /// A newer document, not built yet.
     pending: Mutex<Option<DeferredView>>,
     /// Held while a pending document is built: a concurrent reader waits for it instead of
@@ -29,7 +38,7 @@ impl ConfigView {
     /// A view serving `initial` until something newer is set.
     pub fn new(initial: serde_json::Value) -> ConfigView {
         ConfigView {
-            built: ArcSwap::from_pointee(initial),
+            built: ArcSwap::from_pointee(Document::Tree(Arc::new(initial))),
             pending: Mutex::new(None),
             building: Mutex::new(()),
         }
@@ -39,7 +48,7 @@ impl ConfigView {
     pub fn set(&self, view: serde_json::Value) {
         let _building = lock(&self.building);
         *lock(&self.pending) = None;
-        self.built.store(Arc::new(view));
+        self.built.store(Arc::new(Document::Tree(Arc::new(view))));
     }
 
     /// Serves what `build` returns from now on, built when first read (a pending one is dropped
@@ -54,13 +63,29 @@ impl ConfigView {
         drop(lock(&self.pending).take());
     }
 
-    /// The current document, building a pending one first. May take long (a large snapshot):
-    /// call it off the async workers.
+    /// The current document as JSON text (pretty), building a pending one first. May take long
+    /// (a large snapshot): call it off the async workers.
+    pub fn render(&self) -> Arc<str> {
+        match &*self.current() {
+            Document::Tree(tree) => serde_json::to_string_pretty(&**tree).unwrap_or_default().into(),
+            Document::Text(text) => Arc::clone(text),
+        }
+    }
+
+    /// The current document, building a pending one first (see [`ConfigView::render`]).
     pub fn get(&self) -> Arc<serde_json::Value> {
+        match &*self.current() {
+            Document::Tree(tree) => Arc::clone(tree),
+            Document::Text(text) => Arc::new(serde_json::from_str(text).unwrap_or_default()),
+        }
+    }
+
+    fn current(&self) -> Arc<Document> {
         let _building = lock(&self.building);
         let pending = lock(&self.pending).take();
         if let Some(build) = pending {
-            self.built.store(Arc::new(build()));
+            let text = serde_json::to_string_pretty(&build()).unwrap_or_default();
+            self.built.store(Arc::new(Document::Text(text.into())));
         }
         self.built.load_full()
     }
@@ -91,7 +116,8 @@ mod tests {
             }));
         }
         assert_eq!(builds.load(Ordering::SeqCst), 0, "nothing built before a read");
-        assert_eq!(*view.get(), json!({"version": 3}));
+        let pretty = serde_json::to_string_pretty(&json!({"version": 3})).unwrap();
+        assert_eq!(*view.render(), *pretty);
         assert_eq!(*view.get(), json!({"version": 3}));
         assert_eq!(builds.load(Ordering::SeqCst), 1, "only the latest, once");
     }

@@ -156,6 +156,12 @@ impl Gateway {
         self.config_view.get()
     }
 
+    /// The `/config` document as served (pretty JSON); like [`Gateway::config_view`], it may
+    /// build a deferred one first.
+    pub fn config_text(&self) -> Arc<str> {
+        self.config_view.render()
+    }
+
     /// Writes out buffered access-log lines (call once serving has stopped).
     pub fn flush_access_log(&self) {
         self.access_log.flush();
