@@ -6,10 +6,13 @@
 //!   snapshot frame; fleets whose content did not change keep their version.
 //! - **endpoints**: when only EndpointSlices changed, no compile runs: the Services that the
 //!   fleet's backends came from are re-resolved, and the changed endpoint lists are merged into
-//!   one [`EndpointUpdate`] over the fleet's last full snapshot.
+//!   one [`EndpointUpdate`] over the fleet's last full snapshot. Only that small frame is encoded:
+//!   the patched snapshot's full frame is encoded when a proxy first needs it (one that connects
+//!   now), not per update — pod churn at 10,000 Routes would otherwise re-encode them all each
+//!   time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -55,12 +58,14 @@ pub struct ApiVersion {
 
 /// One fleet's current snapshot and its encoded frames.
 pub struct FleetView {
-    /// The snapshot (endpoint updates applied), at its current version.
+    /// The snapshot (endpoint updates applied), at its current version. Its content hash is the
+    /// last full snapshot's: endpoint updates change the version only.
     pub snapshot: Arc<Snapshot>,
     /// The version of the last full (structural) change.
     pub full_version: u64,
-    /// The full snapshot, encoded.
-    pub full_frame: Bytes,
+    /// The current snapshot, encoded: at once after a full change, on first use after an
+    /// endpoint update (see [`FleetView::full_frame`]).
+    full_frame: OnceLock<Bytes>,
     /// The endpoint update since `full_version`, encoded (when endpoints changed since).
     pub endpoints_frame: Option<Bytes>,
     /// When the change that produced this version was first seen.
@@ -75,27 +80,51 @@ impl FleetView {
         self.snapshot.version
     }
 
-    /// The frame that takes a proxy at `have` (0: nothing) to the current version, or `None` when
-    /// it is there already.
-    pub fn frame_from(&self, have: u64) -> Option<Bytes> {
+    /// What takes a proxy at `have` (0: nothing) to the current version.
+    pub fn next_frame(&self, have: u64) -> NextFrame {
         if have == self.version() {
-            return None;
+            return NextFrame::UpToDate;
         }
-        match &self.endpoints_frame {
-            Some(frame) if have >= self.full_version && have < self.version() => Some(frame.clone()),
-            _ => Some(self.full_frame.clone()),
+        match (&self.endpoints_frame, self.full_frame.get()) {
+            (Some(frame), _) if have >= self.full_version && have < self.version() => {
+                NextFrame::Ready(frame.clone())
+            }
+            (_, Some(frame)) => NextFrame::Ready(frame.clone()),
+            (_, None) => NextFrame::EncodeFull,
         }
     }
+
+    /// The current snapshot as a full frame, encoded on the first call. CPU work at 10,000 Routes
+    /// (tens of milliseconds): call it off the async workers.
+    pub fn full_frame(&self) -> Result<Bytes, PublishError> {
+        if let Some(frame) = self.full_frame.get() {
+            return Ok(frame.clone());
+        }
+        // Two proxies connecting at once may both encode; the first result is kept.
+        let encoded = encode_full(&self.snapshot)?;
+        Ok(self.full_frame.get_or_init(|| encoded).clone())
+    }
+}
+
+/// What a subscription sends next: see [`FleetView::next_frame`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum NextFrame {
+    /// The proxy has the current version.
+    UpToDate,
+    /// This frame.
+    Ready(Bytes),
+    /// The full frame, not encoded yet: [`FleetView::full_frame`].
+    EncodeFull,
 }
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// A frame could not be encoded.
-    #[error("encoding the snapshot of fleet {fleet}: {source}")]
+    #[error("encoding the snapshot of version {version}: {source}")]
     Encode {
-        /// The fleet.
-        fleet: String,
+        /// The snapshot's version.
+        version: u64,
         /// The cause.
         #[source]
         source: FrameError,
@@ -187,7 +216,7 @@ impl Publisher {
                     let v = *version.get_or_insert_with(|| self.next_version());
                     set_version(&mut content, v);
                     outcome.changed_fleets.push(fleet.clone());
-                    Arc::new(full_view(&fleet, content, changed_at)?)
+                    Arc::new(full_view(content, changed_at)?)
                 }
             };
             next.fleets.insert(fleet, view);
@@ -196,7 +225,7 @@ impl Publisher {
             let v = *version.get_or_insert_with(|| self.next_version());
             let mut empty = template.clone();
             set_version(&mut empty, v);
-            next.empty = Some(Arc::new(full_view("(empty)", empty, changed_at)?));
+            next.empty = Some(Arc::new(full_view(empty, changed_at)?));
         }
         for (fleet, view) in &next.fleets {
             for api in &view.snapshot.apis {
@@ -273,24 +302,22 @@ impl Publisher {
                     .collect(),
             };
             let mut snapshot = (*view.snapshot).clone();
+            // The version changes; the content hash stays the full snapshot's (as on the proxies,
+            // which patch their copy the same way): hashing 10,000 Routes per update costs more
+            // than the update.
             snapshot.apply_endpoints(&update);
-            set_version(&mut snapshot, v);
-            let encode = |frame: Frame| {
-                frame
-                    .encode()
-                    .map(Bytes::from)
-                    .map_err(|source| PublishError::Encode { fleet: fleet.clone(), source })
-            };
-            let endpoints_frame = encode(Frame::Endpoints(update))?;
-            // The full frame carries the patched endpoints, for proxies that connect now.
-            let full_frame = encode(Frame::Snapshot(snapshot.clone()))?;
+            let endpoints_frame = Frame::Endpoints(update)
+                .encode()
+                .map(Bytes::from)
+                .map_err(|source| PublishError::Encode { version: v, source })?;
             outcome.changed_fleets.push(fleet.clone());
             next.fleets.insert(
                 fleet.clone(),
                 Arc::new(FleetView {
                     snapshot: Arc::new(snapshot),
                     full_version: view.full_version,
-                    full_frame,
+                    // Proxies that connect now need the patched endpoints: encoded when one does.
+                    full_frame: OnceLock::new(),
                     endpoints_frame: Some(endpoints_frame),
                     changed_at,
                     patched,
@@ -305,22 +332,22 @@ impl Publisher {
     }
 }
 
-fn full_view(
-    fleet: &str,
-    snapshot: Snapshot,
-    changed_at: Option<Instant>,
-) -> Result<FleetView, PublishError> {
-    let full_frame = Frame::encode_snapshot(&snapshot)
-        .map(Bytes::from)
-        .map_err(|source| PublishError::Encode { fleet: fleet.to_string(), source })?;
+fn full_view(snapshot: Snapshot, changed_at: Option<Instant>) -> Result<FleetView, PublishError> {
+    let full_frame = encode_full(&snapshot)?;
     Ok(FleetView {
         full_version: snapshot.version,
         snapshot: Arc::new(snapshot),
-        full_frame,
+        full_frame: OnceLock::from(full_frame),
         endpoints_frame: None,
         changed_at,
         patched: BTreeMap::new(),
     })
+}
+
+fn encode_full(snapshot: &Snapshot) -> Result<Bytes, PublishError> {
+    Frame::encode_snapshot(snapshot)
+        .map(Bytes::from)
+        .map_err(|source| PublishError::Encode { version: snapshot.version, source })
 }
 
 /// The certificates a fleet needs: those for hostnames of its APIs (and their stages).
@@ -362,4 +389,90 @@ fn set_version(snapshot: &mut Snapshot, version: u64) {
     let json = serde_json::to_vec(&*snapshot).unwrap_or_default();
     snapshot.content_hash = hex::encode(Sha256::digest(&json));
     snapshot.version = version;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tollgate_ir::distribution::FrameReader;
+
+    use super::*;
+    use crate::compile::compile_loaded;
+    use crate::load::{Loaded, load_text};
+
+    const API_AND_ROUTE: &str = "\
+apiVersion: tollgate.dev/v1alpha1
+kind: GatewayAPI
+metadata: {name: shop, namespace: shop}
+spec: {}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Route
+metadata: {name: orders, namespace: shop}
+spec:
+  apiRef: {name: shop}
+  match: {path: /orders}
+  integration: {service: {name: orders, port: 80}}
+";
+
+    fn loaded(endpoint: SocketAddr) -> Loaded {
+        let service = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: orders, namespace: shop}}\n\
+             spec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: orders-1\n  \
+             namespace: shop\n  labels: {{kubernetes.io/service-name: orders}}\naddressType: IPv4\n\
+             ports: [{{name: http, port: {}}}]\nendpoints:\n- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n",
+            endpoint.port(),
+            endpoint.ip()
+        );
+        let mut loaded = Loaded::default();
+        load_text(API_AND_ROUTE, None, &mut loaded).expect("API and Route load");
+        load_text(&service, None, &mut loaded).expect("Service loads");
+        loaded
+    }
+
+    fn decode(bytes: &Bytes) -> Frame {
+        let mut reader = FrameReader::default();
+        reader.push(bytes);
+        reader.next_frame().expect("a valid frame").expect("a whole frame")
+    }
+
+    fn endpoints(snapshot: &Snapshot) -> Vec<String> {
+        snapshot.backends().flat_map(|b| b.endpoints.clone()).collect()
+    }
+
+    #[test]
+    fn an_endpoint_update_encodes_the_full_frame_only_when_a_proxy_needs_it() {
+        let (old, new): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:8080".parse().expect("address"), "10.0.0.2:8080".parse().expect("address"));
+        let publisher = Publisher::new();
+        let compiled = compile_loaded(&loaded(old));
+        publisher.publish(&compiled.snapshot, None).expect("published");
+        let full = publisher.current().fleet("default").expect("the default fleet");
+        assert!(matches!(full.next_frame(0), NextFrame::Ready(_)), "a full change is encoded at once");
+
+        let outcome = publisher.update_endpoints(&loaded(new).inputs, None).expect("endpoints published");
+        assert_eq!(outcome.changed_fleets, vec!["default".to_string()]);
+        let view = publisher.current().fleet("default").expect("the default fleet");
+        assert!(view.version() > full.version());
+        assert_eq!(view.full_version, full.version());
+        assert_eq!(view.snapshot.content_hash, full.snapshot.content_hash, "the hash is the full snapshot's");
+        assert_eq!(endpoints(&view.snapshot), vec![new.to_string()]);
+
+        // A proxy at the full version gets the small update.
+        let NextFrame::Ready(update) = view.next_frame(full.version()) else { panic!("an endpoints frame") };
+        let Frame::Endpoints(update) = decode(&update) else { panic!("an endpoints frame") };
+        assert_eq!((update.base_version, update.version), (full.version(), view.version()));
+        assert_eq!(update.services[0].endpoints, vec![new.to_string()]);
+
+        // A proxy that connects now needs the patched snapshot in full: encoded on demand, once.
+        assert_eq!(view.next_frame(0), NextFrame::EncodeFull);
+        let encoded = view.full_frame().expect("encodes");
+        let Frame::Snapshot(snapshot) = decode(&encoded) else { panic!("a snapshot frame") };
+        assert_eq!(snapshot.version, view.version());
+        assert_eq!(endpoints(&snapshot), vec![new.to_string()]);
+        assert_eq!(view.next_frame(0), NextFrame::Ready(encoded));
+        assert_eq!(view.next_frame(view.version()), NextFrame::UpToDate);
+    }
 }

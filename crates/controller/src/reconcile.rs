@@ -75,8 +75,15 @@ impl Reconciler {
             };
             let set = std::mem::take(&mut carry);
             if self.publisher.current().ready && set.endpoints_only() && !force_full {
-                match self.publisher.update_endpoints(&loaded.inputs, set.first_seen) {
-                    Ok(outcome) => {
+                let publisher = Arc::clone(&self.publisher);
+                let first_seen = set.first_seen;
+                // Scanning and patching 10,000 Routes' backends is CPU work: off the async workers.
+                let updated = tokio::task::spawn_blocking(move || {
+                    publisher.update_endpoints(&loaded.inputs, first_seen)
+                })
+                .await;
+                match updated {
+                    Ok(Ok(outcome)) => {
                         let result =
                             if outcome.changed_fleets.is_empty() { "unchanged" } else { "published" };
                         self.metrics.reconciles.with_label_values(&["endpoints", result]).inc();
@@ -87,7 +94,10 @@ impl Reconciler {
                             tracing::info!(version = outcome.version, fleets = ?outcome.changed_fleets, "endpoints published");
                         }
                     }
-                    Err(error) => tracing::error!(%error, "publishing endpoints failed"),
+                    Ok(Err(error)) => tracing::error!(%error, "publishing endpoints failed"),
+                    Err(error) => {
+                        tracing::error!(%error, "publishing endpoints panicked; still serving the last snapshot")
+                    }
                 }
                 refresh_due.get_or_insert_with(|| tokio::time::Instant::now() + self.status_refresh);
                 continue;

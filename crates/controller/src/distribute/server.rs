@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use super::auth::Authenticator;
 use super::sessions::Sessions;
-use crate::publish::Publisher;
+use crate::publish::{NextFrame, Publisher};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -200,13 +200,32 @@ impl DistributionServer {
                         let current = published.borrow_and_update();
                         if current.ready { current.fleet(&fleet) } else { None }
                     };
-                    if let Some(view) = view
-                        && let Some(frame) = view.frame_from(sent)
-                    {
-                        if tx.send(Ok(Frame::data(frame))).await.is_err() {
-                            break;
+                    if let Some(view) = view {
+                        let frame = match view.next_frame(sent) {
+                            NextFrame::UpToDate => None,
+                            NextFrame::Ready(frame) => Some(frame),
+                            NextFrame::EncodeFull => {
+                                // Tens of milliseconds at 10,000 Routes: off the async workers.
+                                let encoding = Arc::clone(&view);
+                                match tokio::task::spawn_blocking(move || encoding.full_frame()).await {
+                                    Ok(Ok(frame)) => Some(frame),
+                                    Ok(Err(error)) => {
+                                        tracing::error!(%error, "cannot send the snapshot; closing");
+                                        break;
+                                    }
+                                    Err(error) => {
+                                        tracing::error!(%error, "encoding the snapshot panicked; closing");
+                                        break;
+                                    }
+                                }
+                            }
+                        };
+                        if let Some(frame) = frame {
+                            if tx.send(Ok(Frame::data(frame))).await.is_err() {
+                                break;
+                            }
+                            sent = view.version();
                         }
-                        sent = view.version();
                     }
                     tokio::select! {
                         changed = published.changed() => if changed.is_err() { break },
