@@ -68,8 +68,17 @@ impl Reconciler {
             if carry.kinds.is_empty() && !force_full {
                 continue;
             }
-            // Never publish before every store has synced: a partial view would drop routes.
-            let Some(loaded) = self.source.current() else {
+            // Never publish before every store has synced: a partial view would drop routes. The
+            // Kubernetes source copies every object out of its stores (10,000 Routes take a
+            // while): off the async workers.
+            let source = Arc::clone(&self.source);
+            let Ok(current) = tokio::task::spawn_blocking(move || source.current()).await else {
+                tracing::error!("reading the source panicked; still serving the last snapshot");
+                // The changes stay carried; try again later even if nothing else changes.
+                refresh_due.get_or_insert_with(|| tokio::time::Instant::now() + self.status_refresh);
+                continue;
+            };
+            let Some(loaded) = current else {
                 tracing::debug!("waiting for every store to sync before the first publish");
                 continue;
             };
