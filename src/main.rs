@@ -252,8 +252,11 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Crds => {
-            print!("{}", tollgate_crds::crds_yaml());
-            ExitCode::SUCCESS
+            if print_stdout(&tollgate_crds::crds_yaml()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Validate { dir, json, strict } => validate::run(&dir, json, strict),
         Command::Echo { listen, name, fail_percent } => {
@@ -309,6 +312,21 @@ fn run_async(
         Err(error) => {
             eprintln!("tollgate: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `text` to standard output; false when that failed (reported on standard error). A reader
+/// that stops early (`tollgate crds | head`) is not a failure.
+pub(crate) fn print_stdout(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(error) => {
+            eprintln!("tollgate: cannot write to standard output: {error}");
+            false
         }
     }
 }

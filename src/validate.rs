@@ -3,6 +3,7 @@
 //! when any diagnostic is an error, e.g. an unresolved reference that leaves a Route unserved), 2
 //! when the folder cannot be read at all.
 
+use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -14,7 +15,7 @@ pub fn run(dir: &Path, json: bool, strict: bool) -> ExitCode {
         Ok(loaded) => loaded,
         Err(error) => {
             if json {
-                println!("{}", serde_json::json!({ "loadError": error.to_string() }));
+                crate::print_stdout(&format!("{}\n", serde_json::json!({ "loadError": error.to_string() })));
             }
             eprintln!("{error}");
             return ExitCode::from(2);
@@ -33,6 +34,7 @@ pub fn run(dir: &Path, json: bool, strict: bool) -> ExitCode {
     let prefix = format!("{}/", dir.display().to_string().trim_end_matches('/'));
     let skipped: Vec<&str> =
         loaded.skipped.iter().map(|s| s.strip_prefix(prefix.as_str()).unwrap_or(s)).collect();
+    let mut out = String::new();
     if json {
         let doc = serde_json::json!({
             "rejected": rejected,
@@ -40,7 +42,8 @@ pub fn run(dir: &Path, json: bool, strict: bool) -> ExitCode {
             "objects": compiled.reports,
             "skipped": skipped,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        out = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        out.push('\n');
     } else {
         let mut warnings = 0;
         for report in &compiled.reports {
@@ -57,21 +60,26 @@ pub fn run(dir: &Path, json: bool, strict: bool) -> ExitCode {
                         "warning"
                     }
                 };
-                println!(
+                let _ = writeln!(
+                    out,
                     "{file}: {}/{}: {}: {} ({level}, {})",
                     report.kind, report.key, d.field, d.message, d.reason
                 );
             }
         }
         for skipped in &skipped {
-            println!("{skipped}: skipped (not a kind Tollgate uses)");
+            let _ = writeln!(out, "{skipped}: skipped (not a kind Tollgate uses)");
         }
-        println!(
+        let _ = writeln!(
+            out,
             "{} objects in {} files: {} rejected, {errors} errors, {warnings} warnings",
             compiled.reports.len(),
             loaded.files.len(),
             rejected
         );
+    }
+    if !crate::print_stdout(&out) {
+        return ExitCode::FAILURE;
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -110,4 +110,29 @@ async fn access_log_has_one_json_line_per_request() {
     assert_eq!(miss["status"], 404);
     assert_eq!(miss["error"], "no_route");
     assert_eq!(miss["host"], "127.0.0.1", "unmatched requests are logged with their host too");
+    // The API and stage were found, only no route: the line names them, as the metrics do.
+    assert_eq!(miss["api"], "shop/shop");
+    assert_eq!(miss["stage"], "prod");
+    assert_eq!(miss["route"], "");
+
+    let status = client()
+        .delete(g.url("/orders/42"))
+        .header("x-request-id", "log-test-3")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let not_allowed = g.wait_for_log(|l| l["requestId"] == "log-test-3").await;
+    assert_eq!(not_allowed["status"], 405);
+    assert_eq!(not_allowed["error"], "method_not_allowed");
+    assert_eq!(not_allowed["api"], "shop/shop");
+    assert_eq!(not_allowed["stage"], "prod");
+
+    // The metrics count it under the same API and stage.
+    eventually("the 405 is counted under its API and stage", || async {
+        let text = client().get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.contains(r#"tollgate_requests_total{api="shop/shop",method="DELETE",route="",stage="prod",status_class="4xx""#)
+    })
+    .await;
 }

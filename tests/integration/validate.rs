@@ -115,3 +115,25 @@ fn crds_subcommand_prints_the_committed_crds() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/all.yaml")).unwrap();
     assert_eq!(stdout, committed);
 }
+
+/// `tollgate crds | head`: the reader goes away before the output is written (it is larger than
+/// a pipe's buffer), which ends the command quietly, not with a panic.
+#[test]
+fn crds_stops_quietly_when_the_reader_goes_away() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("crds")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -273,6 +273,13 @@ impl Gateway {
             Err(unmatched) => {
                 if let Some(record) = record {
                     record.error = Some(unmatched.error.reason());
+                    let (api, stage) = unmatched.labels;
+                    if let Some(api) = api {
+                        record.api = Arc::clone(api);
+                    }
+                    if let Some(stage) = stage {
+                        record.stage = Arc::clone(stage);
+                    }
                 }
                 return (
                     unmatched.error.into_response(id),

@@ -42,11 +42,16 @@ pub struct Runtime {
 struct ApiRuntime {
     stages: Vec<StageRuntime>,
     max_body: u64,
+    /// `namespace/name`, for the access log of requests no stage or route took.
+    label: Arc<str>,
     /// Label used when the API matched but no stage did.
     unmatched: Arc<RouteMetrics>,
 }
 
 struct StageRuntime {
+    /// The API's `namespace/name` and the stage's name, for the access log of requests no route
+    /// took (the metrics have them in `unmatched`).
+    labels: (Arc<str>, Arc<str>),
     hostnames: Vec<HostPattern>,
     base_path: Option<String>,
     table: RouteTable<Arc<RoutePolicy>>,
@@ -139,6 +144,8 @@ pub struct Matched<'a> {
 pub struct Unmatched<'a> {
     /// What to answer.
     pub error: ProxyError,
+    /// The API (`namespace/name`) and stage the request reached, as far as it got.
+    pub labels: (Option<&'a Arc<str>>, Option<&'a Arc<str>>),
     /// Where to count it.
     pub metrics: &'a Arc<RouteMetrics>,
     /// Whether to write an access-log line.
@@ -199,6 +206,7 @@ impl Runtime {
                 stages,
                 max_body: api.limits.max_request_body_bytes,
                 unmatched: Arc::new(metrics.route(&api_label, "", "")),
+                label: api_label.as_str().into(),
             });
         }
         hosts.finish();
@@ -240,13 +248,19 @@ impl Runtime {
         tls: bool,
         assigned: &mut Option<Assignment>,
     ) -> Result<Matched<'a>, Unmatched<'a>> {
-        let no_route = |metrics, access_log| Unmatched { error: ProxyError::NoRoute, metrics, access_log };
+        let no_route = |labels, metrics, access_log| Unmatched {
+            error: ProxyError::NoRoute,
+            labels,
+            metrics,
+            access_log,
+        };
         let Some(api) = self.hosts.lookup(host).and_then(|i| self.apis.get(i)) else {
-            return Err(no_route(&self.unmatched, true));
+            return Err(no_route((None, None), &self.unmatched, true));
         };
         let Some((stage, stage_path)) = select_stage(&api.stages, host, path) else {
-            return Err(no_route(&api.unmatched, true));
+            return Err(no_route((Some(&api.label), None), &api.unmatched, true));
         };
+        let labels = (Some(&stage.labels.0), Some(&stage.labels.1));
         let (table, unmatched) = match &stage.canary {
             Some(canary) => {
                 let assignment = assigned.get_or_insert_with(|| canary.assign.assign(headers, tls));
@@ -266,10 +280,11 @@ impl Runtime {
                     Ok(allow) => ProxyError::MethodNotAllowed { allow },
                     Err(_) => ProxyError::Internal,
                 },
+                labels,
                 metrics: unmatched,
                 access_log: stage.access_log,
             }),
-            Match::NotFound => Err(no_route(unmatched, stage.access_log)),
+            Match::NotFound => Err(no_route(labels, unmatched, stage.access_log)),
         }
     }
 
@@ -362,6 +377,7 @@ fn build_stage(
         }
     }
     StageRuntime {
+        labels: (Arc::clone(&api_label), Arc::clone(&stage_label)),
         hostnames: stage.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
         base_path: stage.base_path.clone().filter(|b| b != "/"),
         table: builder.build(),
