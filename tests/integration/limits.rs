@@ -64,12 +64,64 @@ async fn streamed_chunked_body_over_the_limit_is_cut_off() {
     assert_eq!(status, 413, "{text}");
 }
 
+/// `--max-header-bytes 16384`: a larger head gets the gateway's JSON 431, logged and counted, over
+/// HTTP/1.1 and HTTP/2 alike; one the parser cannot hold (beyond twice the limit) still gets 431.
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let (g, backend, _m) = setup().await;
-    let r = client().get(g.url("/up")).header("x-big", "z".repeat(20_000)).send().await.unwrap();
+    let fits = client().get(g.url("/up")).header("x-big", "z".repeat(15_000)).send().await.unwrap();
+    assert_eq!(fits.status(), StatusCode::OK, "a head within the limit is served");
+
+    let r = client()
+        .get(g.url("/up"))
+        .header("x-big", "z".repeat(20_000))
+        .header("x-request-id", "too-big-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert_eq!(backend.hits(), 0);
+    assert_eq!(r.headers()["x-request-id"], "too-big-1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["message"], "Request Header Fields Too Large: the request head exceeds 16384 bytes");
+    assert_eq!(body["requestId"], "too-big-1");
+    let line = g.wait_for_log(|l| l["requestId"] == "too-big-1").await;
+    assert_eq!(line["status"], 431);
+    assert_eq!(line["error"], "head_too_large");
+
+    // The limit counts the whole head: many fields, each small (fewer than the parser's 100).
+    let mut many = client().get(g.url("/up"));
+    for i in 0..90 {
+        many = many.header(format!("x-field-{i}"), "z".repeat(200));
+    }
+    let r = many.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(r.headers()["content-type"], "application/json");
+
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = h2.get(g.url("/up")).header("x-big", "z".repeat(20_000)).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("16384"), "{body}");
+
+    // Beyond what the parser holds: refused before the head is read whole.
+    let (status, _) = raw_request(
+        g.http,
+        format!("GET /up HTTP/1.1\r\nHost: x\r\nx-huge: {}\r\nConnection: close\r\n\r\n", "z".repeat(40_000))
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 431);
+    assert_eq!(backend.hits(), 1, "only the head within the limit reached the backend");
+    eventually("the 431s are counted", || async {
+        let text = client().get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().any(|l| {
+            l.starts_with("tollgate_requests_total{")
+                && l.contains(r#"method="GET",route="",stage="",status_class="4xx""#)
+                && l.ends_with(" 3")
+        })
+    })
+    .await;
 }
 
 /// `--header-read-timeout 1s`, and a route to a backend that answers `/delay/{ms}` that late.

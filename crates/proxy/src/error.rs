@@ -26,6 +26,12 @@ pub enum ProxyError {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// The request line and header fields are larger than the listener allows.
+    #[error("Request Header Fields Too Large: the request head exceeds {limit} bytes")]
+    HeadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The request body could not be read from the client.
     #[error("Bad Request: the request body could not be read")]
     BodyRead,
@@ -63,6 +69,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoEndpoints { .. } | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -78,6 +85,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
+            ProxyError::HeadTooLarge { .. } => "head_too_large",
             ProxyError::BodyRead => "body_read",
             ProxyError::NoEndpoints { .. } => "no_endpoints",
             ProxyError::Upstream => "upstream_error",

@@ -54,6 +54,8 @@ pub struct ConnInfo {
     pub route_timer: crate::upstream::TimerSlot,
     /// Where requests report to the connection's header-read timeout (none: no timeout).
     pub activity: Option<Arc<crate::server::Activity>>,
+    /// The largest request head (request line and header fields) answered other than with 431.
+    pub max_head_bytes: usize,
 }
 
 /// The data plane's shared state: the current Runtime and what outlives it.
@@ -252,6 +254,14 @@ impl Gateway {
         let mut record = record;
         if let Some(record) = record.as_deref_mut() {
             host.as_ref().clone_into(&mut record.host);
+        }
+        // The listener's limit on the request head, answered here (JSON, logged and counted) rather
+        // than by the HTTP parser, whose own limit is twice this as a backstop (see `server`).
+        let request_line =
+            parts.method.as_str().len() + client_uri.path_and_query().map_or(1, |p| p.as_str().len()) + 11;
+        if request_line + fields.header_bytes > conn.max_head_bytes {
+            let error = ProxyError::HeadTooLarge { limit: conn.max_head_bytes };
+            return (fail(error, id, record), Arc::clone(&runtime.unmatched), true);
         }
         let path = match normalize_path(client_uri.path()) {
             Ok(path) => path,
@@ -621,6 +631,7 @@ mod tests {
                     affinity: Default::default(),
                     route_timer: Default::default(),
                     activity: None,
+                    max_head_bytes: usize::MAX,
                 };
                 let future = Arc::clone(&gateway).handle(request, info);
                 seen.store(std::mem::size_of_val(&future), Ordering::SeqCst);

@@ -217,14 +217,17 @@ pub struct ClientFields {
     pub origin: bool,
     /// `Sec-WebSocket-Key` is present (every WebSocket upgrade request has it).
     pub websocket_key: bool,
+    /// The header fields' size as sent in HTTP/1.1 (`name: value` and CRLF each).
+    pub header_bytes: usize,
 }
 
 impl ClientFields {
     /// Reads the fields off `headers`.
     pub fn read(headers: &HeaderMap) -> ClientFields {
         let (mut host, mut request_id, mut content_length) = (None, None, None);
-        let (mut origin, mut websocket_key) = (false, false);
+        let (mut origin, mut websocket_key, mut header_bytes) = (false, false, 0);
         for (name, value) in headers {
+            header_bytes += name.as_str().len() + value.len() + 4;
             let first = if name == header::HOST {
                 &mut host
             } else if name == header::CONTENT_LENGTH {
@@ -244,6 +247,7 @@ impl ClientFields {
             content_length: content_length.and_then(|value: &HeaderValue| value.to_str().ok()?.parse().ok()),
             origin,
             websocket_key,
+            header_bytes,
         }
     }
 }
@@ -391,6 +395,8 @@ mod tests {
         assert!(none.host.is_none() && none.request_id.is_none());
         assert!(!none.origin && !none.websocket_key);
         assert_eq!(none.content_length, None, "not a number");
+        // `content-length: twelve\r\n` and `x-other: 1\r\n`, as sent over HTTP/1.1.
+        assert_eq!(none.header_bytes, 24 + 12);
     }
 
     /// Every field the gateway sets, from a request that sent its own copies of all of them.

@@ -95,6 +95,7 @@ pub async fn serve(
                     affinity: Default::default(),
                     route_timer: Default::default(),
                     activity: Some(activity),
+                    max_head_bytes: settings.max_header_bytes,
                 };
                 let gateway = Arc::clone(&gateway);
                 let service = service_fn(move |request| {
@@ -119,6 +120,7 @@ pub async fn serve(
                     let affinity = crate::upstream::Affinity::default();
                     let route_timer = crate::upstream::TimerSlot::default();
                     let remote_ip_value = crate::headers::client_ip_value(remote.ip());
+                    let max_head_bytes = settings.max_header_bytes;
                     service_fn(move |request| {
                         let gateway = Arc::clone(&gateway);
                         let info = ConnInfo {
@@ -129,6 +131,7 @@ pub async fn serve(
                             affinity: affinity.clone(),
                             route_timer: route_timer.clone(),
                             activity: Some(Arc::clone(&activity)),
+                            max_head_bytes,
                         };
                         async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
                     })
@@ -177,6 +180,12 @@ async fn log_connection_end<E: std::fmt::Display>(connection: impl Future<Output
     }
 }
 
+/// The HTTP parser's own limit on a request head: twice the gateway's, so that heads up to the
+/// gateway's limit and somewhat beyond reach the gateway, which answers them with JSON.
+fn parser_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2)
+}
+
 fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -195,11 +204,14 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
         // when its response is written, so its upstream call runs until the response or the
         // route timeout; the access log and metrics then count it.
         .half_close(true)
-        .max_buf_size(settings.max_header_bytes.max(8192));
+        // The limit is checked by the gateway (a JSON 431 that is logged and counted, see
+        // `Gateway::pipeline`); the parser's buffer, at twice the limit, is the backstop that
+        // answers larger heads with a bare 431 before they are read whole.
+        .max_buf_size(parser_limit(settings.max_header_bytes).max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(parser_limit(settings.max_header_bytes)).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024)
         // RFC 8441: WebSocket over HTTP/2 (extended CONNECT with `:protocol websocket`).
         .enable_connect_protocol();
