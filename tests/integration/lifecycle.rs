@@ -68,6 +68,32 @@ async fn folder_changes_are_served_within_a_second_and_broken_files_keep_the_las
     assert!(fixed["lastError"].is_null());
     assert!(version(&fixed) > version(&after));
 
+    // One object that does not match its schema: that object is left out and rejected, the rest
+    // of the folder (here a new route in the same file) is loaded.
+    m.write(
+        "b.yaml",
+        &format!(
+            "{}---\n{}",
+            route_yaml(
+                "r",
+                "b",
+                "r",
+                "  match: {methods: [GETT], path: /b}\n  integration: {mock: {status: 200}}\n"
+            ),
+            mock_route("c", "/c", "five")
+        ),
+    );
+    eventually("the rest of the file is served", || async {
+        c.get(g.url("/c")).send().await.map(|r| r.status() == StatusCode::OK).unwrap_or(false)
+    })
+    .await;
+    assert_eq!(c.get(g.url("/b")).send().await.unwrap().status(), StatusCode::NOT_FOUND, "left out");
+    let cfg: Value = c.get(g.admin_url("/config")).send().await.unwrap().json().await.unwrap();
+    assert!(cfg["lastError"].is_null(), "{cfg}");
+    let b =
+        cfg["objects"].as_array().unwrap().iter().find(|o| o["kind"] == "Route" && o["name"] == "b").unwrap();
+    assert!(b.to_string().contains("spec.match.methods[0]"), "{b}");
+
     // Removing a file removes its routes.
     std::fs::remove_file(m.path().join("b.yaml")).unwrap();
     eventually("the removed route is gone", || async {

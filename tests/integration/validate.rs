@@ -38,6 +38,8 @@ fn broken_manifests_are_named_with_file_object_and_field() {
             "apiVersion: tollgate.dev/v1alpha1\nkind: Route\nmetadata: {name: foreign, namespace: other}\nspec:\n  \
              apiRef: {name: shop, namespace: shop}\n  match: {path: /c}\n  integration: {mock: {status: 200}}\n"
                 .to_string(),
+            // Does not match the schema: left out and reported, not the end of the run.
+            route_yaml("shop", "bad-method", "shop", "  match: {methods: [GETT], path: /d}\n  integration: {mock: {status: 200}}\n"),
         ]
         .join("---\n"),
     );
@@ -50,6 +52,7 @@ fn broken_manifests_are_named_with_file_object_and_field() {
         "routes.yaml: Route/shop/bad-path: spec.match.path: ",
         "routes.yaml: Route/shop/dangling: spec.apiRef: GatewayAPI shop/nope not found",
         "routes.yaml: Route/other/foreign: spec.apiRef: GatewayAPI shop/shop does not accept Routes from namespace other",
+        "routes.yaml: Route/shop/bad-method: spec.match.methods[0]: unknown variant `GETT`",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
@@ -57,7 +60,7 @@ fn broken_manifests_are_named_with_file_object_and_field() {
     let (code, json, _) = tollgate(&["validate", "--json", m.path().to_str().unwrap()]);
     assert_eq!(code, 1);
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(doc["rejected"], 3, "dangling is not rejected, only unresolved: {json}");
+    assert_eq!(doc["rejected"], 4, "dangling is not rejected, only unresolved: {json}");
     assert_eq!(doc["skipped"], serde_json::json!(["deploy.yaml: apps/v1/Deployment"]), "{json}");
 }
 

@@ -60,7 +60,7 @@ impl Compiled {
 
 /// Compiles objects read from a folder, adding the loader's unknown-field warnings.
 pub fn compile_loaded(loaded: &Loaded) -> Compiled {
-    compile_with(&loaded.inputs, |d| loaded.report_unknown_fields(d))
+    compile_with(&loaded.inputs, |d| loaded.report_load_findings(d))
 }
 
 /// Compiles every object into a Snapshot and per-object reports.

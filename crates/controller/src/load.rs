@@ -75,11 +75,41 @@ pub struct Loaded {
     pub skipped: Vec<String>,
     /// Unknown fields found in Tollgate objects: (kind, key, field path), reported as warnings.
     pub unknown_fields: Vec<(Kind, tollgate_ir::ObjectKey, String)>,
+    /// Objects that do not match their schema (a value of the wrong type, an unknown enum value, a
+    /// required field missing): left out, and reported as rejected. The API server would refuse
+    /// them at `kubectl apply`; a folder has no such gate, so one object's mistake must not keep
+    /// the rest of the folder from loading.
+    pub undecodable: Vec<Undecodable>,
+}
+
+/// An object left out because it does not match its schema.
+#[derive(Debug, Clone)]
+pub struct Undecodable {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its namespace (default `default`) and name.
+    pub key: tollgate_ir::ObjectKey,
+    /// The file it was read from.
+    pub file: Option<PathBuf>,
+    /// Where decoding failed (`spec.match.methods[0]`).
+    pub field: String,
+    /// The decoder's message.
+    pub message: String,
 }
 
 impl Loaded {
-    /// Adds the unknown-field warnings to a compile's diagnostics.
-    pub fn report_unknown_fields(&self, diagnostics: &mut Diagnostics) {
+    /// Adds what loading found to a compile's diagnostics: objects left out for not matching their
+    /// schema (rejected), and unknown fields (warnings).
+    pub fn report_load_findings(&self, diagnostics: &mut Diagnostics) {
+        for object in &self.undecodable {
+            diagnostics.track(object.kind, &object.key, object.file.as_ref(), 0);
+            diagnostics.invalid(
+                object.kind,
+                &object.key,
+                object.field.clone(),
+                format!("{}: the object is left out until this is fixed", object.message),
+            );
+        }
         for (kind, key, field) in &self.unknown_fields {
             diagnostics.warn(
                 *kind,
@@ -183,7 +213,56 @@ fn add_object(
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     let path = file.map(Path::to_path_buf).unwrap_or_default();
     let file = file.map(Path::to_path_buf);
-    match (api_version.as_str(), kind.as_str()) {
+    let key = object_key(&value);
+    let result = add_decoded(value, &api_version, &kind, &path, file.clone(), loaded);
+    match result {
+        Err(LoadError::Schema { field, message, .. }) => {
+            let Some(kind) = tollgate_kind(&api_version, &kind) else {
+                return Err(LoadError::Schema { path, kind, name: key.name, field, message });
+            };
+            loaded.undecodable.push(Undecodable { kind, key, file, field, message });
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The kinds whose schema errors leave the object out instead of failing the load: every kind
+/// compile reports on.
+fn tollgate_kind(api_version: &str, kind: &str) -> Option<Kind> {
+    Some(match (api_version, kind) {
+        ("tollgate.dev/v1alpha1", "GatewayAPI") => Kind::GatewayAPI,
+        ("tollgate.dev/v1alpha1", "Route") => Kind::Route,
+        ("tollgate.dev/v1alpha1", "Authorizer") => Kind::Authorizer,
+        ("tollgate.dev/v1alpha1", "UsagePlan") => Kind::UsagePlan,
+        ("tollgate.dev/v1alpha1", "ServiceExport") => Kind::ServiceExport,
+        ("v1", "Secret") => Kind::Secret,
+        ("v1", "Service") => Kind::Service,
+        ("v1", "Namespace") => Kind::Namespace,
+        ("discovery.k8s.io/v1", "EndpointSlice") => Kind::EndpointSlice,
+        _ => return None,
+    })
+}
+
+fn object_key(value: &Value) -> tollgate_ir::ObjectKey {
+    let text = |pointer| value.pointer(pointer).and_then(Value::as_str);
+    tollgate_ir::ObjectKey::new(
+        text("/metadata/namespace").unwrap_or("default").to_string(),
+        text("/metadata/name").unwrap_or_default().to_string(),
+    )
+}
+
+fn add_decoded(
+    value: Value,
+    api_version: &str,
+    kind: &str,
+    path: &Path,
+    file: Option<PathBuf>,
+    loaded: &mut Loaded,
+) -> Result<(), LoadError> {
+    let path = path.to_path_buf();
+    let kind = kind.to_string();
+    match (api_version, kind.as_str()) {
         ("tollgate.dev/v1alpha1", "GatewayAPI") => {
             let (object, unknown) = decode_checked(value, &path, &kind)?;
             push_unknown(loaded, Kind::GatewayAPI, &object, unknown);
@@ -358,5 +437,52 @@ mod tests {
         assert_eq!(loaded.skipped, vec!["a.yaml: apps/v1/Deployment".to_string()]);
         let data = loaded.inputs.secrets.first().and_then(|s| s.object.data.clone()).unwrap_or_default();
         assert_eq!(data.get("key").map(|b| b.0.as_slice()), Some(&b"hello"[..]));
+    }
+
+    #[test]
+    fn an_object_that_does_not_match_its_schema_is_left_out_and_rejected() {
+        let mut loaded = Loaded::default();
+        let route = |name: &str, methods: &str| {
+            format!(
+                "apiVersion: tollgate.dev/v1alpha1\nkind: Route\nmetadata: {{name: {name}, namespace: shop}}\n\
+                 spec:\n  apiRef: {{name: shop}}\n  match: {{methods: [{methods}], path: /{name}}}\n  \
+                 integration: {{mock: {{status: 200}}}}\n"
+            )
+        };
+        let text = format!(
+            "{}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc}}\nspec: {{ports: oops}}\n",
+            route("bad", "GETT"),
+            route("good", "GET")
+        );
+        let result = load_text(&text, Some(Path::new("r.yaml")), &mut loaded);
+        assert!(result.is_ok(), "{result:?}");
+        let names: Vec<String> = loaded.inputs.routes.iter().map(|r| r.key().to_string()).collect();
+        assert_eq!(names, ["shop/good"]);
+        assert!(loaded.inputs.services.is_empty());
+        let left_out: Vec<(Kind, String, String)> =
+            loaded.undecodable.iter().map(|u| (u.kind, u.key.to_string(), u.field.clone())).collect();
+        assert_eq!(
+            left_out,
+            [
+                (Kind::Route, "shop/bad".to_string(), "spec.match.methods[0]".to_string()),
+                (Kind::Service, "default/svc".to_string(), "spec.ports".to_string()),
+            ]
+        );
+
+        let reports = crate::compile::compile_loaded(&loaded).reports;
+        let bad = reports
+            .iter()
+            .find(|r| r.key.to_string() == "shop/bad")
+            .expect("a report for the left-out Route");
+        assert!(bad.rejected());
+        assert_eq!(bad.file.as_deref(), Some(Path::new("r.yaml")));
+        let finding = &bad.diagnostics[0];
+        assert_eq!(finding.field, "spec.match.methods[0]");
+        assert!(finding.message.contains("unknown variant `GETT`"), "{}", finding.message);
+        assert!(
+            finding.message.ends_with("the object is left out until this is fixed"),
+            "{}",
+            finding.message
+        );
     }
 }

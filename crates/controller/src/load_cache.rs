@@ -87,6 +87,7 @@ fn append(total: &mut Loaded, file: &Loaded) {
     into.namespaces.extend(namespaces.iter().cloned());
     total.skipped.extend(file.skipped.iter().cloned());
     total.unknown_fields.extend(file.unknown_fields.iter().cloned());
+    total.undecodable.extend(file.undecodable.iter().cloned());
 }
 
 #[cfg(test)]

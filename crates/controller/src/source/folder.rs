@@ -74,7 +74,7 @@ impl FolderSource {
         state.fingerprint = fingerprint;
         match result {
             Ok(loaded) => {
-                let hashes = kind_hashes(&loaded.inputs);
+                let hashes = kind_hashes(&loaded);
                 let first = state.loaded.is_none();
                 for (kind, hash) in &hashes {
                     if first || state.hashes.get(kind) != Some(hash) {
@@ -105,8 +105,21 @@ impl Source for FolderSource {
 }
 
 /// A hash per kind of its objects, to tell which kinds a file change touched (so an edit of an
-/// EndpointSlice takes the cheap path).
-fn kind_hashes(inputs: &Inputs) -> BTreeMap<Kind, [u8; 32]> {
+/// EndpointSlice takes the cheap path). Objects left out for schema errors count with their kind.
+fn kind_hashes(loaded: &Loaded) -> BTreeMap<Kind, [u8; 32]> {
+    let mut hashes = input_hashes(&loaded.inputs);
+    for object in &loaded.undecodable {
+        if let Some(hash) = hashes.get_mut(&object.kind) {
+            let mut hasher = Sha256::new();
+            hasher.update(*hash);
+            hasher.update(format!("{}\0{}\0{}\0{:?}", object.key, object.field, object.message, object.file));
+            *hash = hasher.finalize().into();
+        }
+    }
+    hashes
+}
+
+fn input_hashes(inputs: &Inputs) -> BTreeMap<Kind, [u8; 32]> {
     fn hash<T: serde::Serialize>(objects: &[Object<T>]) -> [u8; 32] {
         let mut hasher = Sha256::new();
         for object in objects {
