@@ -198,6 +198,7 @@ async fn backend_down_no_endpoints_and_missing_service() {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
         let body: Value = r.json().await.unwrap();
         assert!(body["message"].as_str().unwrap().starts_with("Service Unavailable"), "{body}");
+        assert!(!body.to_string().contains(":80"), "the backend is not named to the client: {body}");
     }
 }
 

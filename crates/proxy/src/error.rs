@@ -36,11 +36,10 @@ pub enum ProxyError {
     #[error("Bad Request: the request body could not be read")]
     BodyRead,
     /// The backend has no ready endpoint.
-    #[error("Service Unavailable: no healthy endpoint for backend {backend}")]
-    NoEndpoints {
-        /// The backend's name.
-        backend: String,
-    },
+    /// (The backend's name stays out of the message: it names the cluster's Services to anyone
+    /// who asks. The access log's `route` leads an operator to it.)
+    #[error("Service Unavailable: no healthy endpoint for this route")]
+    NoEndpoints,
     /// Connecting to, or talking to, the upstream failed.
     #[error("Bad Gateway: the upstream did not answer")]
     Upstream,
@@ -70,7 +69,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::NoEndpoints { .. } | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,7 +86,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::HeadTooLarge { .. } => "head_too_large",
             ProxyError::BodyRead => "body_read",
-            ProxyError::NoEndpoints { .. } => "no_endpoints",
+            ProxyError::NoEndpoints => "no_endpoints",
             ProxyError::Upstream => "upstream_error",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::NotReady => "not_ready",

@@ -158,7 +158,7 @@ impl UpstreamClient {
             Ok(Err(error)) => {
                 tracing::warn!(backend = %backend.name, %error, "no endpoints");
                 policy.metrics.upstream_error("resolve");
-                return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
+                return Err(ProxyError::NoEndpoints);
             }
             Ok(Ok(endpoints)) => endpoints,
         };
@@ -168,7 +168,7 @@ impl UpstreamClient {
         let mut avoid: Option<http::uri::Authority> = None;
         loop {
             let Some(endpoint) = backend.pick(&endpoints, hash_key, avoid.as_ref()) else {
-                return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
+                return Err(ProxyError::NoEndpoints);
             };
             let can_retry = attempt < retries.attempts;
             let this_body = match body.take() {

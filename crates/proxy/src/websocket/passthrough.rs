@@ -44,12 +44,12 @@ pub async fn forward(
     let timeout_ms = u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX);
     let endpoints = match tokio::time::timeout(policy.timeout, backend.endpoints()).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout { timeout_ms }),
-        Ok(Err(_)) => return Err(ProxyError::NoEndpoints { backend: backend.name.clone() }),
+        Ok(Err(_)) => return Err(ProxyError::NoEndpoints),
         Ok(Ok(endpoints)) => endpoints,
     };
     let hash_key = backend.hash_key(&parts.headers, parts.uri.query(), caller);
     let Some(endpoint) = backend.pick(&endpoints, hash_key, None) else {
-        return Err(ProxyError::NoEndpoints { backend: backend.name.clone() });
+        return Err(ProxyError::NoEndpoints);
     };
     let endpoint = &endpoint.authority;
     let io = tokio::time::timeout(policy.timeout, connect(gateway, backend, endpoint))
