@@ -190,6 +190,13 @@ async fn clients_slow_to_send_a_head_and_idle_keep_alive_connections_are_closed(
         assert!(closed.is_ok(), "{what}: closed by the gateway after the header-read timeout");
         assert!(!String::from_utf8_lossy(&rest).contains(" 200 "), "{what}: nothing served");
     }
+    // On the TLS listener, a client that never starts its handshake: the same timeout (1 s here),
+    // not the handshake's own 10 s.
+    let mut no_hello = tokio::net::TcpStream::connect(g.tls).await.unwrap();
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(5), no_hello.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "no ClientHello: closed after the header-read timeout");
 }
 
 /// A client may close its sending side once its request is out (`shutdown(SHUT_WR)`, as

@@ -136,7 +136,9 @@ pub async fn serve(
                         async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, info).await) }
                     })
                 };
-                let handshake_timeout = settings.tls_handshake_timeout;
+                // The handshake is time without a request too: bounded by the header-read timeout
+                // when that is shorter.
+                let handshake_timeout = settings.tls_handshake_timeout.min(settings.header_read_timeout);
                 tokio::spawn(
                     async move {
                         // The client-certificate verifier is chosen by SNI (mTLS per API).
