@@ -244,4 +244,18 @@ async fn https_upstreams_are_verified_against_the_trusted_cas() {
     let untrusting = Tollgate::start(m.path()).await;
     let r = client().get(untrusting.url("/s/x")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    // The client learns only that it was a 502; the log says why, at the default level.
+    eventually("the cause of the 502 is logged", || async {
+        let log = untrusting.stderr();
+        log.contains("upstream request failed") && log.contains("UnknownIssuer")
+    })
+    .await;
+    let r = client().get(untrusting.url("/s/y")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        untrusting.stderr().matches("upstream request failed").count(),
+        1,
+        "one warning per backend per 10 s, not one per request"
+    );
 }

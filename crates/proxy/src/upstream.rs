@@ -237,7 +237,13 @@ impl UpstreamClient {
                     if too_large {
                         return Err(ProxyError::PayloadTooLarge { limit: policy.max_body });
                     }
-                    tracing::debug!(backend = %backend.name, error = %ErrorChain(&error), "upstream request failed");
+                    // The cause (refused, a certificate the CA does not vouch for, ...) is what an
+                    // operator needs to fix a 502; the client only learns that it was one.
+                    if backend.failure_warning_due() {
+                        tracing::warn!(backend = %backend.name, endpoint = %endpoint.authority, error = %ErrorChain(&error), "upstream request failed; answered 502 (further failures of this backend: debug log, or one warning per 10 s)");
+                    } else {
+                        tracing::debug!(backend = %backend.name, error = %ErrorChain(&error), "upstream request failed");
+                    }
                     return Err(ProxyError::Upstream);
                 }
             }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -198,6 +198,7 @@ impl BackendBuilder<'_> {
             epoch: self.registry.inner.epoch,
             ejections: self.metrics.map(|m| m.ejections.with_label_values(&[b.name.as_str()])),
             shared,
+            last_failure_warning: AtomicU64::new(0),
         });
         self.made.insert(identity, Arc::clone(&made));
         // DNS backends take their endpoints from DNS, never from an endpoint update.
@@ -321,6 +322,9 @@ pub struct Caller<'a> {
     pub timer: Option<&'a super::TimerSlot>,
 }
 
+/// How often, at most, a backend's failed requests are logged as warnings.
+pub const FAILURE_WARNING_INTERVAL_MS: u64 = 10_000;
+
 /// An upstream with its endpoints, balancing policy and outlier detection.
 pub struct BackendRuntime {
     /// Bounded name for logs and metrics.
@@ -340,6 +344,8 @@ pub struct BackendRuntime {
     epoch: Instant,
     ejections: Option<IntCounter>,
     shared: Arc<Shared>,
+    /// When a failed request was last logged as a warning (ms since `epoch`, +1; 0: never).
+    last_failure_warning: AtomicU64,
 }
 
 /// Counts a request in flight on an endpoint until dropped (with the response body).
@@ -453,6 +459,19 @@ impl BackendRuntime {
             ),
             Recorded::Counted => {}
         }
+    }
+
+    /// Whether a failed request should be logged as a warning now: the first failure, then at most
+    /// one per [`FAILURE_WARNING_INTERVAL_MS`] (the others go to the debug log), so that a backend
+    /// that is down explains itself without flooding the log.
+    pub fn failure_warning_due(&self) -> bool {
+        let now = self.now_ms().saturating_add(1);
+        let last = self.last_failure_warning.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= FAILURE_WARNING_INTERVAL_MS)
+            && self
+                .last_failure_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn now_ms(&self) -> u64 {
