@@ -210,16 +210,27 @@ fn add_object(
     loaded: &mut Loaded,
 ) -> Result<(), LoadError> {
     let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind_name = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     let path = file.map(Path::to_path_buf).unwrap_or_default();
+    let Some(kind) = known_kind(&api_version, &kind_name) else {
+        if api_version == "tollgate.dev/v1alpha1" {
+            return Err(LoadError::Shape {
+                path,
+                document: 0,
+                message: format!(
+                    "kind {kind_name} does not exist in tollgate.dev/v1alpha1: use GatewayAPI, Route, \
+                     Authorizer, UsagePlan or ServiceExport"
+                ),
+            });
+        }
+        loaded.skipped.push(format!("{}: {api_version}/{kind_name}", path.display()));
+        return Ok(());
+    };
     let file = file.map(Path::to_path_buf);
     let key = object_key(&value);
-    let result = add_decoded(value, &api_version, &kind, &path, file.clone(), loaded);
-    match result {
+    match add_decoded(value, kind, &path, file.clone(), loaded) {
+        // Left out and reported (see `Loaded::undecodable`); the rest of the folder loads.
         Err(LoadError::Schema { field, message, .. }) => {
-            let Some(kind) = tollgate_kind(&api_version, &kind) else {
-                return Err(LoadError::Schema { path, kind, name: key.name, field, message });
-            };
             loaded.undecodable.push(Undecodable { kind, key, file, field, message });
             Ok(())
         }
@@ -227,9 +238,8 @@ fn add_object(
     }
 }
 
-/// The kinds whose schema errors leave the object out instead of failing the load: every kind
-/// compile reports on.
-fn tollgate_kind(api_version: &str, kind: &str) -> Option<Kind> {
+/// The kinds Tollgate reads; others are skipped.
+fn known_kind(api_version: &str, kind: &str) -> Option<Kind> {
     Some(match (api_version, kind) {
         ("tollgate.dev/v1alpha1", "GatewayAPI") => Kind::GatewayAPI,
         ("tollgate.dev/v1alpha1", "Route") => Kind::Route,
@@ -254,76 +264,64 @@ fn object_key(value: &Value) -> tollgate_ir::ObjectKey {
 
 fn add_decoded(
     value: Value,
-    api_version: &str,
-    kind: &str,
+    kind: Kind,
     path: &Path,
     file: Option<PathBuf>,
     loaded: &mut Loaded,
 ) -> Result<(), LoadError> {
-    let path = path.to_path_buf();
-    let kind = kind.to_string();
-    match (api_version, kind.as_str()) {
-        ("tollgate.dev/v1alpha1", "GatewayAPI") => {
-            let (object, unknown) = decode_checked(value, &path, &kind)?;
-            push_unknown(loaded, Kind::GatewayAPI, &object, unknown);
-            loaded.inputs.gateway_apis.push(Object { object, file });
+    let name = kind.to_string();
+    let inputs = &mut loaded.inputs;
+    match kind {
+        Kind::GatewayAPI => {
+            let (object, unknown) = decode_checked(value, path, &name)?;
+            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
+            inputs.gateway_apis.push(Object { object, file });
         }
-        ("tollgate.dev/v1alpha1", "Route") => {
-            let (object, unknown) = decode_checked(value, &path, &kind)?;
-            push_unknown(loaded, Kind::Route, &object, unknown);
-            loaded.inputs.routes.push(Object { object, file });
+        Kind::Route => {
+            let (object, unknown) = decode_checked(value, path, &name)?;
+            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
+            inputs.routes.push(Object { object, file });
         }
-        ("tollgate.dev/v1alpha1", "Authorizer") => {
-            let (object, unknown) = decode_checked(value, &path, &kind)?;
-            push_unknown(loaded, Kind::Authorizer, &object, unknown);
-            loaded.inputs.authorizers.push(Object { object, file });
+        Kind::Authorizer => {
+            let (object, unknown) = decode_checked(value, path, &name)?;
+            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
+            inputs.authorizers.push(Object { object, file });
         }
-        ("tollgate.dev/v1alpha1", "UsagePlan") => {
-            let (object, unknown) = decode_checked(value, &path, &kind)?;
-            push_unknown(loaded, Kind::UsagePlan, &object, unknown);
-            loaded.inputs.usage_plans.push(Object { object, file });
+        Kind::UsagePlan => {
+            let (object, unknown) = decode_checked(value, path, &name)?;
+            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
+            inputs.usage_plans.push(Object { object, file });
         }
-        ("tollgate.dev/v1alpha1", "ServiceExport") => {
-            let (object, unknown) = decode_checked(value, &path, &kind)?;
-            push_unknown(loaded, Kind::ServiceExport, &object, unknown);
-            loaded.inputs.service_exports.push(Object { object, file });
+        Kind::ServiceExport => {
+            let (object, unknown) = decode_checked(value, path, &name)?;
+            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
+            inputs.service_exports.push(Object { object, file });
         }
-        ("tollgate.dev/v1alpha1", other) => {
-            return Err(LoadError::Shape {
-                path,
-                document: 0,
-                message: format!(
-                    "kind {other} does not exist in tollgate.dev/v1alpha1: use GatewayAPI, Route, Authorizer, \
-                     UsagePlan or ServiceExport"
-                ),
-            });
+        Kind::Secret => {
+            inputs.secrets.push(Object { object: decode(normalize_secret(value), path, &name)?, file })
         }
-        ("v1", "Secret") => loaded
-            .inputs
-            .secrets
-            .push(Object { object: decode(normalize_secret(value), &path, &kind)?, file }),
-        ("v1", "Service") => {
-            loaded.inputs.services.push(Object { object: decode(value, &path, &kind)?, file })
+        Kind::Service => inputs.services.push(Object { object: decode(value, path, &name)?, file }),
+        Kind::Namespace => inputs.namespaces.push(Object { object: decode(value, path, &name)?, file }),
+        Kind::EndpointSlice => {
+            inputs.endpoint_slices.push(Object { object: decode(value, path, &name)?, file })
         }
-        ("v1", "Namespace") => {
-            loaded.inputs.namespaces.push(Object { object: decode(value, &path, &kind)?, file })
-        }
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            loaded.inputs.endpoint_slices.push(Object { object: decode(value, &path, &kind)?, file })
-        }
-        _ => loaded.skipped.push(format!("{}: {api_version}/{kind}", path.display())),
     }
     Ok(())
 }
 
-fn push_unknown<T: kube::Resource>(loaded: &mut Loaded, kind: Kind, object: &T, unknown: Vec<String>) {
+fn push_unknown<T: kube::Resource>(
+    into: &mut Vec<(Kind, tollgate_ir::ObjectKey, String)>,
+    kind: Kind,
+    object: &T,
+    unknown: Vec<String>,
+) {
     let meta = object.meta();
     let key = tollgate_ir::ObjectKey::new(
         meta.namespace.clone().unwrap_or_else(|| "default".into()),
         meta.name.clone().unwrap_or_default(),
     );
     for field in unknown {
-        loaded.unknown_fields.push((kind, key.clone(), field));
+        into.push((kind, key.clone(), field));
     }
 }
 
