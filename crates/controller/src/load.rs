@@ -270,33 +270,13 @@ fn add_decoded(
     loaded: &mut Loaded,
 ) -> Result<(), LoadError> {
     let name = kind.to_string();
-    let inputs = &mut loaded.inputs;
+    let (inputs, unknown) = (&mut loaded.inputs, &mut loaded.unknown_fields);
     match kind {
-        Kind::GatewayAPI => {
-            let (object, unknown) = decode_checked(value, path, &name)?;
-            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
-            inputs.gateway_apis.push(Object { object, file });
-        }
-        Kind::Route => {
-            let (object, unknown) = decode_checked(value, path, &name)?;
-            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
-            inputs.routes.push(Object { object, file });
-        }
-        Kind::Authorizer => {
-            let (object, unknown) = decode_checked(value, path, &name)?;
-            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
-            inputs.authorizers.push(Object { object, file });
-        }
-        Kind::UsagePlan => {
-            let (object, unknown) = decode_checked(value, path, &name)?;
-            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
-            inputs.usage_plans.push(Object { object, file });
-        }
-        Kind::ServiceExport => {
-            let (object, unknown) = decode_checked(value, path, &name)?;
-            push_unknown(&mut loaded.unknown_fields, kind, &object, unknown);
-            inputs.service_exports.push(Object { object, file });
-        }
+        Kind::GatewayAPI => push_checked(value, kind, path, file, unknown, &mut inputs.gateway_apis)?,
+        Kind::Route => push_checked(value, kind, path, file, unknown, &mut inputs.routes)?,
+        Kind::Authorizer => push_checked(value, kind, path, file, unknown, &mut inputs.authorizers)?,
+        Kind::UsagePlan => push_checked(value, kind, path, file, unknown, &mut inputs.usage_plans)?,
+        Kind::ServiceExport => push_checked(value, kind, path, file, unknown, &mut inputs.service_exports)?,
         Kind::Secret => {
             inputs.secrets.push(Object { object: decode(normalize_secret(value), path, &name)?, file })
         }
@@ -306,6 +286,21 @@ fn add_decoded(
             inputs.endpoint_slices.push(Object { object: decode(value, path, &name)?, file })
         }
     }
+    Ok(())
+}
+
+/// Decodes a Tollgate object into `into`, noting its unknown fields.
+fn push_checked<T: DeserializeOwned + serde::Serialize + kube::Resource>(
+    value: Value,
+    kind: Kind,
+    path: &Path,
+    file: Option<PathBuf>,
+    unknown_fields: &mut Vec<(Kind, tollgate_ir::ObjectKey, String)>,
+    into: &mut Vec<Object<T>>,
+) -> Result<(), LoadError> {
+    let (object, unknown) = decode_checked(value, path, &kind.to_string())?;
+    push_unknown(unknown_fields, kind, &object, unknown);
+    into.push(Object { object, file });
     Ok(())
 }
 
