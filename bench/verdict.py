@@ -8,7 +8,8 @@ RESULTS_DIR: a folder written by ../shared/bench/run.sh (results.tsv); a bare ru
 under ../shared/bench/results. The peers are nginx and haproxy (whichever has the higher T rps
 in that run is "the fastest"); Tollgate is the `tollgate` target (access log off), as
 `bench/run.sh` names it. The proxies' CPU per request is printed beside each rate: when the peers
-are well above their usual ~18-19 µs the VM was disturbed during the run, and the run says little.
+are well above their usual ~18-19 µs, or the largest `other %` / `steal %` the harness recorded
+(printed last) is more than a few percent, the VM was disturbed during the run and it says little.
 The last line counts the runs that meet the goal (throughput at least the fastest peer's and both
 p99s no worse); nothing here is averaged across runs.
 """
@@ -55,8 +56,20 @@ def verdict(name, rows):
         for t in (*peers, PROJECT)
     )
     p99s = " ".join(f"{run} p99 {o:.0f}/{t:.0f} {'ok' if ok else 'worse'}" for run, o, t, ok in checks if o and t)
-    line = f"{name}: {cpu} | {ratio:.2f} of {fastest} | {p99s} | {'MET' if met else 'not met'}"
+    line = f"{name}: {cpu} | {ratio:.2f} of {fastest} | {p99s} | {'MET' if met else 'not met'}{disturbance(rows, (*peers, PROJECT))}"
     return (ratio, met), line
+
+
+def disturbance(rows, targets):
+    """The largest `other %` and `steal %` of the compared throughput rows, as the harness records
+    them (CPU taken during the run by processes that are not the benchmark's, and by the
+    hypervisor); empty for results from a harness that did not record them."""
+    found = []
+    for column, label in (("other_cpu_pct", "other"), ("steal_pct", "steal")):
+        values = [v for t in targets if (v := value(rows, t, "T", column)) is not None]
+        if values:
+            found.append(f"{label} <= {max(values):.0f}%")
+    return f" ({', '.join(found)})" if found else ""
 
 
 def main(paths):
