@@ -49,9 +49,9 @@ struct ApiRuntime {
 }
 
 struct StageRuntime {
-    /// The API's `namespace/name` and the stage's name, for the access log of requests no route
-    /// took (the metrics have them in `unmatched`).
-    labels: (Arc<str>, Arc<str>),
+    /// The stage's name, for the access log of requests no route took (the API's is
+    /// `ApiRuntime::label`; the metrics have both in `unmatched`).
+    name: Arc<str>,
     hostnames: Vec<HostPattern>,
     base_path: Option<String>,
     table: RouteTable<Arc<RoutePolicy>>,
@@ -260,7 +260,7 @@ impl Runtime {
         let Some((stage, stage_path)) = select_stage(&api.stages, host, path) else {
             return Err(no_route((Some(&api.label), None), &api.unmatched, true));
         };
-        let labels = (Some(&stage.labels.0), Some(&stage.labels.1));
+        let labels = (Some(&api.label), Some(&stage.name));
         let (table, unmatched) = match &stage.canary {
             Some(canary) => {
                 let assignment = assigned.get_or_insert_with(|| canary.assign.assign(headers, tls));
@@ -377,7 +377,7 @@ fn build_stage(
         }
     }
     StageRuntime {
-        labels: (Arc::clone(&api_label), Arc::clone(&stage_label)),
+        name: Arc::clone(&stage_label),
         hostnames: stage.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
         base_path: stage.base_path.clone().filter(|b| b != "/"),
         table: builder.build(),
