@@ -2,12 +2,13 @@
 """Issue 2's benchmark goal, run by run: Tollgate's throughput against the fastest peer's, and its
 p99s against that peer's (under load, T, and on one connection, L).
 
-    python3 bench/verdict.py RESULTS_DIR [RESULTS_DIR ...]
+    python3 bench/verdict.py [--project NAME] RESULTS_DIR [RESULTS_DIR ...]
 
 RESULTS_DIR: a folder written by ../shared/bench/run.sh (results.tsv); a bare run id is looked up
 under ../shared/bench/results. The peers are nginx and haproxy (whichever has the higher T rps
-in that run is "the fastest"); Tollgate is the `tollgate` target (access log off), as
-`bench/run.sh` names it. The proxies' CPU per request is printed beside each rate: when the peers
+in that run is "the fastest"); the judged proxy is the `tollgate` target (access log off), as
+`bench/run.sh` names it, or the project given with `--project` (`nginx-again` for the runs of
+`bench/aa.sh`). The proxies' CPU per request is printed beside each rate: when the peers
 are well above their usual ~18-19 µs, or the largest `other %` / `steal %` the harness recorded
 (printed last) is more than a few percent, the VM was disturbed during the run and it says little.
 The last line counts the runs that meet the goal (throughput at least the fastest peer's and both
@@ -19,7 +20,7 @@ import statistics
 import sys
 
 PEERS = ("nginx", "haproxy")
-PROJECT = "tollgate"
+DEFAULT_PROJECT = "tollgate"
 SHARED_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench", "results")
 
 
@@ -38,26 +39,27 @@ def value(rows, target, run, column):
         return None
 
 
-def verdict(name, rows):
+def verdict(name, rows, project=DEFAULT_PROJECT):
     peers = [p for p in PEERS if value(rows, p, "T", "rps")]
-    if not peers or value(rows, PROJECT, "T", "rps") is None:
-        return None, f"{name}: no {PROJECT} or peer throughput row"
+    if not peers or value(rows, project, "T", "rps") is None:
+        return None, f"{name}: no {project} or peer throughput row"
     fastest = max(peers, key=lambda p: value(rows, p, "T", "rps"))
-    rps, peer_rps = value(rows, PROJECT, "T", "rps"), value(rows, fastest, "T", "rps")
+    rps, peer_rps = value(rows, project, "T", "rps"), value(rows, fastest, "T", "rps")
     ratio = rps / peer_rps
     checks = []
     for run in ("T", "L"):
-        ours, theirs = value(rows, PROJECT, run, "p99_us"), value(rows, fastest, run, "p99_us")
+        ours, theirs = value(rows, project, run, "p99_us"), value(rows, fastest, run, "p99_us")
         ok = ours is not None and theirs is not None and ours <= theirs
         checks.append((run, ours, theirs, ok))
     met = ratio >= 1.0 and all(ok for *_, ok in checks)
     cpu = " ".join(
         f"{t} {value(rows, t, 'T', 'rps') or 0:.0f} ({rows.get((t, 'T'), {}).get('proxy_cpu_us_per_req') or '-'} µs)"
-        for t in (*peers, PROJECT)
+        for t in (*peers, project)
     )
     p99s = " ".join(f"{run} p99 {o:.0f}/{t:.0f} {'ok' if ok else 'worse'}" for run, o, t, ok in checks if o and t)
-    line = f"{name}: {cpu} | {ratio:.2f} of {fastest} | {p99s} | {'MET' if met else 'not met'}{disturbance(rows, (*peers, PROJECT))}"
-    return (ratio, met), line
+    line = f"{name}: {cpu} | {ratio:.2f} of {fastest} | {p99s} | {'MET' if met else 'not met'}{disturbance(rows, (*peers, project))}"
+    p99_ratios = {run: (o / t if o and t else None, ok) for run, o, t, ok in checks}
+    return (ratio, met, p99_ratios), line
 
 
 def disturbance(rows, targets):
@@ -72,22 +74,33 @@ def disturbance(rows, targets):
     return f" ({', '.join(found)})" if found else ""
 
 
-def main(paths):
+def main(args):
+    project = DEFAULT_PROJECT
+    if args[:1] == ["--project"] and len(args) > 1:
+        project, args = args[1], args[2:]
+    paths = args
     if not paths:
         print(__doc__.strip())
         return 2
     outcomes = []
     for path in paths:
-        outcome, line = verdict(*load(path))
+        outcome, line = verdict(*load(path), project)
         print(line)
         if outcome:
             outcomes.append(outcome)
     if outcomes:
-        ratios = [r for r, _ in outcomes]
-        met = sum(1 for _, m in outcomes if m)
+        ratios = [r for r, _, _ in outcomes]
+        met = sum(1 for _, m, _ in outcomes if m)
+        p99s = []
+        for run in ("T", "L"):
+            found = [p99[run] for _, _, p99 in outcomes if p99[run][0] is not None]
+            if found:
+                median = statistics.median(r for r, _ in found)
+                p99s.append(f"{run} p99 no worse in {sum(1 for _, ok in found if ok)} (median {median:.2f} of the peer's)")
         print(
             f"{len(outcomes)} runs: throughput {min(ratios):.2f}-{max(ratios):.2f} of the fastest peer "
-            f"(median {statistics.median(ratios):.2f}); goal met in {met}"
+            f"(median {statistics.median(ratios):.2f}, at least the peer's in {sum(1 for r in ratios if r >= 1.0)}); "
+            f"{'; '.join(p99s)}; goal met in {met}"
         )
     return 0
 
