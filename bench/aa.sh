@@ -15,10 +15,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 shared=${SHARED_BENCH:-$root/../shared/bench}
+source "$here/project.sh"
 bin=$("$here/binary.sh")
 again=(--project "bash $here/nginx-again.sh {port} {workers} {backend}" 18093 --project-name nginx-again)
-tollgate=(--project "$bin standalone --manifests $here/manifests --listen 127.0.0.1:{port} --admin 127.0.0.1:18099 --access-log off --workers {workers}" 18090
-  --project-name tollgate)
+tollgate_project "$bin" tollgate 18090 18099 --access-log off
+tollgate=("${project[@]}")
 # The harness runs the projects in the order given, after the peers.
 if [[ ${AA_TOLLGATE_FIRST:-0} == 1 ]]; then projects=("${tollgate[@]}" "${again[@]}"); else projects=("${again[@]}" "${tollgate[@]}"); fi
 exec bash "$shared/run.sh" --peers direct,nginx,haproxy "${projects[@]}" "$@"

@@ -7,10 +7,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 shared=${SHARED_BENCH:-$root/../shared/bench}
+source "$here/project.sh"
 bin=$("$here/binary.sh")
-exec bash "$shared/run.sh" \
-  --project "$bin standalone --manifests $here/manifests --listen 127.0.0.1:{port} --admin 127.0.0.1:18099 --access-log off --workers {workers}" 18090 \
-  --project-name tollgate \
-  --project "$bin standalone --manifests $here/manifests --listen 127.0.0.1:{port} --admin 127.0.0.1:18098 --workers {workers}" 18092 \
-  --project-name tollgate-log \
-  "$@"
+tollgate_project "$bin" tollgate 18090 18099 --access-log off
+quiet=("${project[@]}")
+tollgate_project "$bin" tollgate-log 18092 18098
+exec bash "$shared/run.sh" "${quiet[@]}" "${project[@]}" "$@"

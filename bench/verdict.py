@@ -14,10 +14,12 @@ are well above their usual ~18-19 µs, or the largest `other %` / `steal %` the 
 The last line counts the runs that meet the goal (throughput at least the fastest peer's and both
 p99s no worse); nothing here is averaged across runs.
 """
+import argparse
 import csv
 import os
 import statistics
 import sys
+from typing import NamedTuple
 
 PEERS = ("nginx", "haproxy")
 DEFAULT_PROJECT = "tollgate"
@@ -39,6 +41,18 @@ def value(rows, target, run, column):
         return None
 
 
+class Outcome(NamedTuple):
+    """One run's verdict: throughput ÷ the fastest peer's, and per p99 (T, L) its ratio to the
+    peer's (None when a row is missing) and whether it is no worse."""
+
+    ratio: float
+    p99: dict
+
+    @property
+    def met(self):
+        return self.ratio >= 1.0 and all(ok for _, ok in self.p99.values())
+
+
 def verdict(name, rows, project=DEFAULT_PROJECT):
     peers = [p for p in PEERS if value(rows, p, "T", "rps")]
     if not peers or value(rows, project, "T", "rps") is None:
@@ -51,15 +65,14 @@ def verdict(name, rows, project=DEFAULT_PROJECT):
         ours, theirs = value(rows, project, run, "p99_us"), value(rows, fastest, run, "p99_us")
         ok = ours is not None and theirs is not None and ours <= theirs
         checks.append((run, ours, theirs, ok))
-    met = ratio >= 1.0 and all(ok for *_, ok in checks)
+    outcome = Outcome(ratio, {run: (o / t if o and t else None, ok) for run, o, t, ok in checks})
     cpu = " ".join(
         f"{t} {value(rows, t, 'T', 'rps') or 0:.0f} ({rows.get((t, 'T'), {}).get('proxy_cpu_us_per_req') or '-'} µs)"
         for t in (*peers, project)
     )
     p99s = " ".join(f"{run} p99 {o:.0f}/{t:.0f} {'ok' if ok else 'worse'}" for run, o, t, ok in checks if o and t)
-    line = f"{name}: {cpu} | {ratio:.2f} of {fastest} | {p99s} | {'MET' if met else 'not met'}{disturbance(rows, (*peers, project))}"
-    p99_ratios = {run: (o / t if o and t else None, ok) for run, o, t, ok in checks}
-    return (ratio, met, p99_ratios), line
+    line = f"{name}: {cpu} | {ratio:.2f} of {fastest} | {p99s} | {'MET' if outcome.met else 'not met'}{disturbance(rows, (*peers, project))}"
+    return outcome, line
 
 
 def disturbance(rows, targets):
@@ -75,32 +88,31 @@ def disturbance(rows, targets):
 
 
 def main(args):
-    project = DEFAULT_PROJECT
-    if args[:1] == ["--project"] and len(args) > 1:
-        project, args = args[1], args[2:]
-    paths = args
-    if not paths:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--project", default=DEFAULT_PROJECT, help="the judged target (default: tollgate)")
+    parser.add_argument("paths", nargs="*", metavar="RESULTS_DIR")
+    options = parser.parse_args(args)
+    if not options.paths:
         print(__doc__.strip())
         return 2
     outcomes = []
-    for path in paths:
-        outcome, line = verdict(*load(path), project)
+    for path in options.paths:
+        outcome, line = verdict(*load(path), options.project)
         print(line)
         if outcome:
             outcomes.append(outcome)
     if outcomes:
-        ratios = [r for r, _, _ in outcomes]
-        met = sum(1 for _, m, _ in outcomes if m)
+        ratios = [o.ratio for o in outcomes]
         p99s = []
         for run in ("T", "L"):
-            found = [p99[run] for _, _, p99 in outcomes if p99[run][0] is not None]
+            found = [o.p99[run] for o in outcomes if o.p99[run][0] is not None]
             if found:
                 median = statistics.median(r for r, _ in found)
                 p99s.append(f"{run} p99 no worse in {sum(1 for _, ok in found if ok)} (median {median:.2f} of the peer's)")
         print(
             f"{len(outcomes)} runs: throughput {min(ratios):.2f}-{max(ratios):.2f} of the fastest peer "
             f"(median {statistics.median(ratios):.2f}, at least the peer's in {sum(1 for r in ratios if r >= 1.0)}); "
-            f"{'; '.join(p99s)}; goal met in {met}"
+            f"{'; '.join(p99s)}; goal met in {sum(1 for o in outcomes if o.met)}"
         )
     return 0
 
